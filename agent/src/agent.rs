@@ -1,0 +1,296 @@
+//! The agent: loads and attaches the signals, then every interval drains them,
+//! attaches identity and hands OTLP requests to the exporters.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use aya::Ebpf;
+use opentelemetry_proto::tonic::{
+    collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
+    common::v1::KeyValue,
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans},
+};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{Config, ExporterKind},
+    ebpf::{self, LoadSettings},
+    export::{Exporter, stdout::StdoutExporter},
+    identity::{self, HostInfo, ProcessCache, ProcessInfo},
+    otlp::{self, Window},
+    signals::{Collected, syscalls::Syscalls},
+};
+
+/// Bytes of one `SYSCALL_STATS` value on one CPU.
+const STATS_VALUE_BYTES: u64 = size_of::<hostscope_common::syscalls::SyscallStats>() as u64;
+
+pub struct Agent {
+    cfg: Config,
+    host: HostInfo,
+    cache: ProcessCache,
+    exporters: Vec<Box<dyn Exporter>>,
+    /// Keeps the programs attached; dropping it detaches them.
+    _ebpf: Option<Ebpf>,
+    syscalls: Option<Syscalls>,
+    started_unix_nano: u64,
+    /// (program, hook) of everything attached, for self-telemetry.
+    attached: Vec<(String, &'static str)>,
+}
+
+impl Agent {
+    /// Loads and attaches what it can; a signal that fails is logged in one
+    /// line and the rest keeps running.
+    pub fn start(cfg: Config) -> Self {
+        let started_unix_nano = identity::now_unix_nano();
+        let exporters = cfg
+            .exporters
+            .iter()
+            .map(|kind| match kind {
+                ExporterKind::Stdout => Box::new(StdoutExporter::new()) as Box<dyn Exporter>,
+            })
+            .collect();
+        let mut agent = Self {
+            host: HostInfo::read(),
+            cache: ProcessCache::new(),
+            exporters,
+            _ebpf: None,
+            syscalls: None,
+            started_unix_nano,
+            attached: Vec::new(),
+            cfg,
+        };
+        agent.load();
+        agent
+    }
+
+    fn load(&mut self) {
+        if !self.cfg.syscalls.enabled {
+            info!("no signal enabled; exporting self-telemetry only");
+            return;
+        }
+        ebpf::raise_memlock_rlimit();
+        let s = &self.cfg.syscalls;
+        let cpus = aya::util::nr_cpus().unwrap_or(1).max(1) as u64;
+        let stats_capacity = s.max_series.unwrap_or_else(|| {
+            (s.kernel_memory_budget / (STATS_VALUE_BYTES * cpus)).clamp(256, 65_536) as u32
+        });
+        let settings = LoadSettings {
+            agent_tgid: std::process::id(),
+            slow_threshold_ns: s
+                .slow_threshold
+                .map_or(u64::MAX, |d| d.as_nanos().min(u64::MAX as u128) as u64),
+            slow_events_per_cpu_per_sec: s.slow_events_per_cpu_per_sec.into(),
+            syscall_series: stats_capacity,
+            syscall_error_series: s.max_error_series,
+            inflight_threads: s.max_inflight_threads,
+        };
+        let mut obj = match ebpf::load(&settings) {
+            Ok(obj) => obj,
+            Err(e) => {
+                error!("no signal attached: {e}");
+                return;
+            }
+        };
+        let btf = ebpf::kernel_btf();
+        match Syscalls::start(
+            &mut obj,
+            btf.as_ref(),
+            s,
+            stats_capacity,
+            self.started_unix_nano,
+        ) {
+            Ok(sc) => {
+                let [enter, exit] = sc.hooks;
+                info!(
+                    sys_enter = enter.as_str(),
+                    sys_exit = exit.as_str(),
+                    max_series = stats_capacity,
+                    kernel_bytes = stats_capacity as u64 * STATS_VALUE_BYTES * cpus,
+                    "syscalls signal attached"
+                );
+                self.attached
+                    .push(("syscalls/sys_enter".into(), enter.as_str()));
+                self.attached
+                    .push(("syscalls/sys_exit".into(), exit.as_str()));
+                self.syscalls = Some(sc);
+            }
+            Err(e) => error!("syscalls signal not attached: {e}"),
+        }
+        self._ebpf = Some(obj);
+    }
+
+    /// Runs until the configured duration ends or SIGINT/SIGTERM arrives, then
+    /// exports the last interval and detaches.
+    pub async fn run(mut self) -> Result<()> {
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let deadline = self.cfg.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut ticker = tokio::time::interval(self.cfg.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await; // the first tick is immediate: export after one interval
+        loop {
+            let events = async {
+                match self.syscalls.as_mut() {
+                    Some(s) => s.drain_events().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let until_deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = ticker.tick() => self.export_interval(),
+                () = events => {}
+                _ = sigint.recv() => { info!("SIGINT: flushing and detaching"); break; }
+                _ = sigterm.recv() => { info!("SIGTERM: flushing and detaching"); break; }
+                () = until_deadline => { info!("duration reached: flushing and detaching"); break; }
+            }
+        }
+        // Pick up events already in the ring buffer, then flush.
+        if let Some(s) = self.syscalls.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_millis(50), s.drain_events()).await;
+        }
+        self.export_interval();
+        Ok(())
+    }
+
+    fn export_interval(&mut self) {
+        let now = identity::now_unix_nano();
+        let mono_to_unix = identity::monotonic_to_unix_offset();
+        let mut collected = Collected::default();
+        if let Some(s) = self.syscalls.as_mut() {
+            s.collect(now, mono_to_unix, &mut self.cache, &mut collected);
+        }
+        let (metrics, traces) = self.requests(now, collected);
+        for exporter in &mut self.exporters {
+            if let Err(e) = exporter.export_metrics(&metrics) {
+                warn!("{e}");
+            }
+            if let Err(e) = exporter.export_traces(&traces) {
+                warn!("{e}");
+            }
+        }
+    }
+
+    fn host_attributes(&self) -> Vec<KeyValue> {
+        vec![
+            otlp::kv_str("host.name", self.host.name.clone()),
+            otlp::kv_str("os.type", "linux"),
+        ]
+    }
+
+    fn process_attributes(&self, info: &ProcessInfo) -> Vec<KeyValue> {
+        let mut attrs = self.host_attributes();
+        attrs.push(otlp::kv_int("process.pid", info.pid.into()));
+        if !info.executable_name.is_empty() {
+            attrs.push(otlp::kv_str(
+                "process.executable.name",
+                info.executable_name.clone(),
+            ));
+        }
+        if info.creation_time_unix_nano != 0 {
+            attrs.push(otlp::kv_str(
+                "process.creation.time",
+                info.creation_time_iso8601(),
+            ));
+        }
+        attrs
+    }
+
+    fn requests(
+        &self,
+        now: u64,
+        collected: Collected,
+    ) -> (ExportMetricsServiceRequest, ExportTraceServiceRequest) {
+        let mut resource_metrics = Vec::with_capacity(collected.processes.len() + 1);
+        let mut resource_spans = Vec::new();
+        let mut agent_metrics = collected.agent;
+        let w = Window {
+            start_unix_nano: self.started_unix_nano,
+            time_unix_nano: now,
+        };
+        agent_metrics.push(otlp::gauge_metric(
+            "hostscope.agent.program.attached",
+            "Kernel programs attached, by program and hook type",
+            "{program}",
+            self.attached
+                .iter()
+                .map(|(program, hook)| {
+                    otlp::int_point(
+                        vec![
+                            otlp::kv_str("hostscope.program", program.clone()),
+                            otlp::kv_str("hostscope.hook", *hook),
+                        ],
+                        w,
+                        1,
+                    )
+                })
+                .collect(),
+        ));
+        let mut agent_attrs = self.host_attributes();
+        agent_attrs.push(otlp::kv_str("service.name", "hostscope"));
+        agent_attrs.push(otlp::kv_str("service.version", env!("CARGO_PKG_VERSION")));
+        agent_attrs.push(otlp::kv_int("process.pid", std::process::id().into()));
+        resource_metrics.push(otlp::resource_metrics(agent_attrs, agent_metrics));
+
+        for batch in collected.processes.into_values() {
+            let attrs = self.process_attributes(&batch.info);
+            if !batch.spans.is_empty() {
+                resource_spans.push(ResourceSpans {
+                    resource: Some(Resource {
+                        attributes: attrs.clone(),
+                        ..Default::default()
+                    }),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(otlp::scope()),
+                        spans: batch.spans,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+            }
+            if !batch.metrics.is_empty() {
+                resource_metrics.push(otlp::resource_metrics(attrs, batch.metrics));
+            }
+        }
+        (
+            ExportMetricsServiceRequest { resource_metrics },
+            ExportTraceServiceRequest { resource_spans },
+        )
+    }
+}
+
+/// `hostscope bench-floor`: empty programs on sys_enter/sys_exit.
+pub async fn bench_floor(duration: Duration) -> Result<()> {
+    use anyhow::Context as _;
+    ebpf::raise_memlock_rlimit();
+    let settings = LoadSettings {
+        agent_tgid: std::process::id(),
+        slow_threshold_ns: u64::MAX,
+        slow_events_per_cpu_per_sec: 0,
+        syscall_series: 256,
+        syscall_error_series: 256,
+        inflight_threads: 256,
+    };
+    let mut obj = ebpf::load(&settings)?;
+    let btf = ebpf::kernel_btf().context("bench-floor needs kernel BTF")?;
+    for (tp, prog) in [
+        ("sys_enter", "sys_enter_empty"),
+        ("sys_exit", "sys_exit_empty"),
+    ] {
+        let p: &mut aya::programs::BtfTracePoint = obj
+            .program_mut(prog)
+            .context("missing program")?
+            .try_into()?;
+        p.load(tp, &btf)?;
+        p.attach()?;
+    }
+    info!("empty sys_enter/sys_exit programs attached");
+    tokio::time::sleep(duration).await;
+    Ok(())
+}

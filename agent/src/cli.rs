@@ -1,0 +1,167 @@
+//! Command line: `hostscope run ...`. Parsing errors exit with code 2 before
+//! anything is loaded.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ExporterKind, SyscallsConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hostscope",
+    version,
+    about = "eBPF host observability agent exporting OTLP"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach the kernel programs and export what they measure every interval.
+    Run(RunArgs),
+    /// Attach empty programs on sys_enter/sys_exit and wait: the cost floor
+    /// that `cargo xtask bench` compares against.
+    #[command(hide = true)]
+    BenchFloor {
+        /// Seconds to stay attached.
+        #[arg(long, value_parser = parse_seconds)]
+        duration: Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where to send measurements (repeatable).
+    #[arg(long = "exporter", value_enum, default_values_t = [ExporterKind::Stdout])]
+    pub exporters: Vec<ExporterKind>,
+    /// Seconds between exports.
+    #[arg(long, value_parser = parse_seconds, default_value = "10")]
+    pub interval: Duration,
+    /// Exit cleanly after this many seconds, flushing the last interval.
+    #[arg(long, value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+    /// Send syscalls at least this slow as events ("100ms", "1s"; "off" disables).
+    #[arg(long, value_parser = parse_threshold, default_value = "100ms")]
+    pub slow_threshold: Threshold,
+    /// In-kernel limit on slow-syscall events per CPU per second.
+    #[arg(long, default_value_t = SyscallsConfig::default().slow_events_per_cpu_per_sec)]
+    pub slow_events_per_cpu: u32,
+    /// Bound on (process, syscall) series in the kernel map (default: from a
+    /// 32 MiB kernel-memory budget and the number of CPUs).
+    #[arg(long)]
+    pub max_syscall_series: Option<u32>,
+    /// Bound on (process, syscall, errno) series in the kernel map.
+    #[arg(long, default_value_t = SyscallsConfig::default().max_error_series)]
+    pub max_syscall_error_series: u32,
+    /// Bound on threads tracked inside a syscall at once.
+    #[arg(long, default_value_t = SyscallsConfig::default().max_inflight_threads)]
+    pub max_inflight_threads: u32,
+    /// Do not attach the syscalls programs.
+    #[arg(long)]
+    pub no_syscalls: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Threshold(pub Option<Duration>);
+
+impl From<RunArgs> for Config {
+    fn from(a: RunArgs) -> Self {
+        let defaults = Config::default();
+        Config {
+            interval: a.interval,
+            duration: a.duration,
+            exporters: dedup(a.exporters),
+            syscalls: SyscallsConfig {
+                enabled: !a.no_syscalls,
+                slow_threshold: a.slow_threshold.0,
+                slow_events_per_cpu_per_sec: a.slow_events_per_cpu,
+                max_series: a.max_syscall_series,
+                max_error_series: a.max_syscall_error_series,
+                max_inflight_threads: a.max_inflight_threads,
+                ..defaults.syscalls
+            },
+        }
+    }
+}
+
+fn dedup(mut v: Vec<ExporterKind>) -> Vec<ExporterKind> {
+    let mut seen = Vec::new();
+    v.retain(|e| {
+        let new = !seen.contains(e);
+        seen.push(*e);
+        new
+    });
+    v
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("expected a number of seconds, got {s:?}"))?;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("expected a positive number of seconds, got {s:?}"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn parse_threshold(s: &str) -> Result<Threshold, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Threshold(None));
+    }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration such as 100ms or 1s, or off; {s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err("a zero threshold would send every syscall; use off to disable".into());
+    }
+    Ok(Threshold(Some(d)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hostscope").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_flags() {
+        let cli = parse(&[
+            "run",
+            "--exporter",
+            "stdout",
+            "--interval",
+            "0.5",
+            "--duration",
+            "3",
+            "--slow-threshold",
+            "20ms",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        let c = Config::from(args);
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.duration, Some(Duration::from_secs(3)));
+        assert_eq!(c.syscalls.slow_threshold, Some(Duration::from_millis(20)));
+        assert_eq!(c.exporters, vec![ExporterKind::Stdout]);
+    }
+
+    #[test]
+    fn bad_flags_exit_2() {
+        for bad in [
+            &["run", "--interval", "0"][..],
+            &["run", "--interval", "ten"],
+            &["run", "--exporter", "carrier-pigeon"],
+            &["run", "--slow-threshold", "0ms"],
+            &["run", "--no-such-flag"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Typed configuration with every default in one place.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Where measurements go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExporterKind {
+    /// One line of OTLP/JSON per interval on standard output (the protobuf
+    /// JSON mapping, as the OpenTelemetry Collector's file exporter writes it).
+    Stdout,
+}
+
+/// Everything `hostscope run` needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// How often kernel maps are drained and exported.
+    pub interval: Duration,
+    /// Stop after this long (None: run until SIGINT/SIGTERM).
+    pub duration: Option<Duration>,
+    pub exporters: Vec<ExporterKind>,
+    pub syscalls: SyscallsConfig,
+}
+
+/// Settings of the syscalls signal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyscallsConfig {
+    pub enabled: bool,
+    /// Syscalls at least this slow are sent as events (None: never).
+    pub slow_threshold: Option<Duration>,
+    /// In-kernel rate limit for slow-syscall events, per CPU per second.
+    pub slow_events_per_cpu_per_sec: u32,
+    /// Bound on (process, syscall) series held in the kernel. None: derived
+    /// from `kernel_memory_budget` and the number of possible CPUs.
+    pub max_series: Option<u32>,
+    /// Bound on (process, syscall, errno) series held in the kernel.
+    pub max_error_series: u32,
+    /// Bound on threads tracked inside a syscall at once (LRU beyond it).
+    pub max_inflight_threads: u32,
+    /// Kernel memory the per-CPU stats map may take when `max_series` is unset.
+    pub kernel_memory_budget: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            duration: None,
+            exporters: vec![ExporterKind::Stdout],
+            syscalls: SyscallsConfig::default(),
+        }
+    }
+}
+
+impl Default for SyscallsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            slow_threshold: Some(Duration::from_millis(100)),
+            slow_events_per_cpu_per_sec: 20,
+            max_series: None,
+            max_error_series: 4096,
+            max_inflight_threads: 32768,
+            kernel_memory_budget: 32 << 20,
+        }
+    }
+}
+
+/// A setting that cannot work, named with the offending value.
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    #[error("--interval must be more than 0 seconds and at most 1 day, got {0:?}")]
+    Interval(Duration),
+    #[error("--duration must be more than 0 seconds, got {0:?}")]
+    RunDuration(Duration),
+    #[error("{name} must be between {min} and {max}, got {value}")]
+    OutOfRange {
+        name: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("at least one --exporter is needed")]
+    NoExporter,
+}
+
+impl Config {
+    /// Checks every setting; called before anything is loaded or attached.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval.is_zero() || self.interval > Duration::from_secs(86_400) {
+            return Err(ConfigError::Interval(self.interval));
+        }
+        if let Some(d) = self.duration
+            && d.is_zero()
+        {
+            return Err(ConfigError::RunDuration(d));
+        }
+        if self.exporters.is_empty() {
+            return Err(ConfigError::NoExporter);
+        }
+        let s = &self.syscalls;
+        range(
+            "--slow-events-per-cpu",
+            s.slow_events_per_cpu_per_sec.into(),
+            0,
+            100_000,
+        )?;
+        if let Some(n) = s.max_series {
+            range("--max-syscall-series", n.into(), 16, 1 << 22)?;
+        }
+        range(
+            "--max-syscall-error-series",
+            s.max_error_series.into(),
+            16,
+            1 << 22,
+        )?;
+        range(
+            "--max-inflight-threads",
+            s.max_inflight_threads.into(),
+            64,
+            1 << 22,
+        )?;
+        Ok(())
+    }
+}
+
+fn range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            name,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_zero_interval() {
+        let c = Config {
+            interval: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::Interval(Duration::ZERO)));
+    }
+
+    #[test]
+    fn rejects_tiny_map() {
+        let mut c = Config::default();
+        c.syscalls.max_series = Some(1);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--max-syscall-series") && err.contains("got 1"),
+            "{err}"
+        );
+    }
+}

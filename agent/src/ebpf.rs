@@ -1,0 +1,201 @@
+//! Loading the kernel object and attaching programs, with fallbacks chosen by
+//! what the running kernel offers.
+
+use std::io;
+
+use aya::{
+    Btf, Ebpf, EbpfError, EbpfLoader,
+    programs::{BtfTracePoint, ProgramError, RawTracePoint},
+};
+use thiserror::Error;
+use tracing::{debug, info};
+
+/// The kernel programs, built by `build.rs` from `agent-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hostscope"));
+
+/// How a program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// BTF-enabled tracepoint (`tp_btf`), Linux 5.5+ with BTF.
+    BtfTracePoint,
+    /// Raw tracepoint, Linux 4.17+.
+    RawTracePoint,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::BtfTracePoint => "tp_btf",
+            Hook::RawTracePoint => "raw_tp",
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("loading the eBPF object failed: {source}; {hint}")]
+    Object {
+        #[source]
+        source: EbpfError,
+        hint: &'static str,
+    },
+}
+
+#[derive(Debug, Error)]
+#[error("program {program} on {tracepoint}: {reason}")]
+pub struct AttachError {
+    pub program: String,
+    pub tracepoint: String,
+    pub reason: String,
+}
+
+/// Load-time settings: globals and map sizes written into the object.
+#[derive(Debug, Clone)]
+pub struct LoadSettings {
+    pub agent_tgid: u32,
+    pub slow_threshold_ns: u64,
+    pub slow_events_per_cpu_per_sec: u64,
+    pub syscall_series: u32,
+    pub syscall_error_series: u32,
+    pub inflight_threads: u32,
+}
+
+/// Raises RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to.
+pub fn raise_memlock_rlimit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        // Linux 5.11+ charges BPF memory to the cgroup instead, so this
+        // only matters on older kernels, where map creation will say so.
+        debug!(
+            error = %io::Error::last_os_error(),
+            "could not raise RLIMIT_MEMLOCK; kernels before 5.11 may refuse to create maps"
+        );
+    }
+}
+
+/// Creates the maps and reads the programs; nothing is attached yet.
+pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("AGENT_TGID", &s.agent_tgid, true)
+        .override_global("SLOW_THRESHOLD_NS", &s.slow_threshold_ns, true)
+        .override_global(
+            "SLOW_EVENTS_PER_CPU_PER_SEC",
+            &s.slow_events_per_cpu_per_sec,
+            true,
+        )
+        .map_max_entries("SYSCALL_STATS", s.syscall_series)
+        .map_max_entries("SYSCALL_ERRORS", s.syscall_error_series)
+        .map_max_entries("SYSCALL_INFLIGHT", s.inflight_threads);
+    loader.load(OBJECT).map_err(|source| {
+        let hint = match &source {
+            EbpfError::MapError(_) => {
+                "creating maps needs CAP_BPF (or CAP_SYS_ADMIN) and, before Linux 5.11, a large enough RLIMIT_MEMLOCK"
+            }
+            _ => "the kernel may lack BPF support (CONFIG_BPF_SYSCALL)",
+        };
+        LoadError::Object { source, hint }
+    })
+}
+
+/// Loads and attaches one tracepoint hook, preferring the BTF tracepoint
+/// program and falling back to the raw tracepoint program.
+pub fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: Option<&Btf>,
+    tracepoint: &str,
+    btf_program: &str,
+    raw_program: &str,
+) -> Result<Hook, AttachError> {
+    let btf_failure = match btf {
+        None => "no kernel BTF (/sys/kernel/btf/vmlinux)".to_string(),
+        Some(btf) => match attach_btf(ebpf, btf, tracepoint, btf_program) {
+            Ok(()) => return Ok(Hook::BtfTracePoint),
+            Err(e) => explain(&e),
+        },
+    };
+    match attach_raw(ebpf, tracepoint, raw_program) {
+        Ok(()) => {
+            info!(
+                program = raw_program,
+                tracepoint,
+                "BTF tracepoint unavailable ({btf_failure}); using the raw tracepoint instead"
+            );
+            Ok(Hook::RawTracePoint)
+        }
+        Err(e) => Err(AttachError {
+            program: raw_program.to_string(),
+            tracepoint: tracepoint.to_string(),
+            reason: format!(
+                "raw tracepoint: {}; BTF tracepoint: {btf_failure}",
+                explain(&e)
+            ),
+        }),
+    }
+}
+
+fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, tp: &str, name: &str) -> Result<(), ProgramError> {
+    let prog: &mut BtfTracePoint = program(ebpf, name)?.try_into()?;
+    prog.load(tp, btf)?;
+    prog.attach()?;
+    Ok(())
+}
+
+fn attach_raw(ebpf: &mut Ebpf, tp: &str, name: &str) -> Result<(), ProgramError> {
+    let prog: &mut RawTracePoint = program(ebpf, name)?.try_into()?;
+    prog.load()?;
+    prog.attach(tp)?;
+    Ok(())
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut aya::programs::Program, ProgramError> {
+    // A missing program is a build defect, reported like any other failure.
+    ebpf.program_mut(name)
+        .ok_or(ProgramError::UnexpectedProgramType)
+}
+
+/// A program error in words, naming the capability or kernel feature missing.
+fn explain(e: &ProgramError) -> String {
+    let errno = match e {
+        ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    };
+    let hint = match errno {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            " (missing capability: needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)"
+        }
+        Some(libc::ENOENT) => " (the kernel has no such tracepoint)",
+        Some(libc::EINVAL) | Some(ENOTSUPP) | Some(libc::EOPNOTSUPP) => {
+            " (the kernel does not support this program type or hook)"
+        }
+        _ => "",
+    };
+    let mut msg = e.to_string();
+    // Verifier logs are long; the first lines say what matters.
+    if msg.len() > 600 {
+        msg.truncate(600);
+        msg.push_str("...");
+    }
+    format!("{msg}{hint}")
+}
+
+/// Kernel BTF of the running kernel, if it has any.
+pub fn kernel_btf() -> Option<Btf> {
+    match Btf::from_sys_fs() {
+        Ok(btf) => Some(btf),
+        Err(e) => {
+            info!(error = %e, "kernel BTF unavailable; BTF tracepoints will fall back to raw tracepoints");
+            None
+        }
+    }
+}
+
+/// The kernel's internal "not supported" errno, which BPF syscalls leak.
+const ENOTSUPP: i32 = 524;

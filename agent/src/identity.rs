@@ -1,0 +1,197 @@
+//! Process and host identity for resources, following OpenTelemetry's process
+//! and host conventions. Looked up in procfs on first sight of a process and
+//! cached; a process is recognised by (pid, start time), so a reused pid is
+//! never taken for its predecessor.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use nix::time::{ClockId, clock_gettime};
+
+/// What a process is, as exported in its resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// Base name of `/proc/<pid>/exe`'s target, else the kernel's `comm`.
+    pub executable_name: String,
+    /// Start time in kernel clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub start_ticks: u64,
+    /// Wall-clock creation time.
+    pub creation_time_unix_nano: u64,
+}
+
+impl ProcessInfo {
+    /// `process.creation.time` as ISO 8601, as the semantic conventions ask.
+    pub fn creation_time_iso8601(&self) -> String {
+        let t = UNIX_EPOCH + Duration::from_nanos(self.creation_time_unix_nano);
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
+/// Host resource attributes, read once.
+#[derive(Debug, Clone)]
+pub struct HostInfo {
+    pub name: String,
+}
+
+impl HostInfo {
+    pub fn read() -> Self {
+        let name = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".into());
+        Self { name }
+    }
+}
+
+/// Cache of process identities keyed by pid.
+pub struct ProcessCache {
+    by_pid: HashMap<u32, Arc<ProcessInfo>>,
+    ticks_per_sec: u64,
+    /// Wall-clock time of boot in ns: CLOCK_REALTIME - CLOCK_BOOTTIME.
+    boot_unix_nano: u64,
+}
+
+impl Default for ProcessCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcessCache {
+    pub fn new() -> Self {
+        let ticks_per_sec = procfs::ticks_per_second().max(1);
+        Self {
+            by_pid: HashMap::new(),
+            ticks_per_sec,
+            boot_unix_nano: boot_unix_nano(),
+        }
+    }
+
+    /// Identity of `pid`: from the cache, else from procfs. None when the
+    /// process is gone and was never seen.
+    pub fn get(&mut self, pid: u32) -> Option<Arc<ProcessInfo>> {
+        if let Some(info) = self.by_pid.get(&pid) {
+            return Some(info.clone());
+        }
+        let info = Arc::new(self.read(pid)?);
+        self.by_pid.insert(pid, info.clone());
+        Some(info)
+    }
+
+    /// Whether the process we know as `info` still runs (same pid, same start).
+    pub fn is_alive(&self, info: &ProcessInfo) -> bool {
+        read_start_ticks(info.pid) == Some(info.start_ticks)
+    }
+
+    /// Whether any process with this pid runs now.
+    pub fn pid_exists(pid: u32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    /// Forgets a pid (after its process exited and was exported once more).
+    pub fn forget(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
+    }
+
+    fn read(&self, pid: u32) -> Option<ProcessInfo> {
+        let proc = procfs::process::Process::new(pid as i32).ok()?;
+        let stat = proc.stat().ok()?;
+        let executable_name = proc
+            .exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .map(|n| n.trim_end_matches(" (deleted)").to_string())
+            .unwrap_or_else(|| stat.comm.clone());
+        let since_boot_ns =
+            u128::from(stat.starttime) * 1_000_000_000 / u128::from(self.ticks_per_sec);
+        Some(ProcessInfo {
+            pid,
+            executable_name,
+            start_ticks: stat.starttime,
+            creation_time_unix_nano: self.boot_unix_nano + since_boot_ns as u64,
+        })
+    }
+}
+
+fn read_start_ticks(pid: u32) -> Option<u64> {
+    procfs::process::Process::new(pid as i32)
+        .ok()?
+        .stat()
+        .ok()
+        .map(|s| s.starttime)
+}
+
+fn boot_unix_nano() -> u64 {
+    let ns = |c| {
+        clock_gettime(c)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0)
+    };
+    ns(ClockId::CLOCK_REALTIME).saturating_sub(ns(ClockId::CLOCK_BOOTTIME))
+}
+
+/// Current wall-clock time in ns since the epoch.
+pub fn now_unix_nano() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Offset that turns `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) into wall-clock ns.
+pub fn monotonic_to_unix_offset() -> i128 {
+    let ns = |c| {
+        clock_gettime(c)
+            .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+            .unwrap_or(0)
+    };
+    ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_MONOTONIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_identity_matches_procfs() {
+        let mut cache = ProcessCache::new();
+        let pid = std::process::id();
+        let info = cache.get(pid).expect("own process is visible in /proc");
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(
+            info.executable_name,
+            exe.file_name().unwrap().to_string_lossy(),
+            "executable name should be the base name of /proc/self/exe"
+        );
+        assert!(cache.is_alive(&info));
+        // Started before now, and not before boot.
+        let now = now_unix_nano();
+        assert!(
+            info.creation_time_unix_nano <= now,
+            "{info:?} created after {now}"
+        );
+        assert!(
+            info.creation_time_unix_nano + 3_600_000_000_000 > now,
+            "{info:?}: test process older than an hour?"
+        );
+        assert!(info.creation_time_iso8601().ends_with('Z'));
+    }
+
+    #[test]
+    fn dead_pid_is_not_alive() {
+        let info = ProcessInfo {
+            pid: std::process::id(),
+            executable_name: "x".into(),
+            start_ticks: u64::MAX,
+            creation_time_unix_nano: 0,
+        };
+        assert!(
+            !ProcessCache::new().is_alive(&info),
+            "different start time means a different process"
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! `hostscope`: eBPF host observability agent exporting OTLP.
+
+mod agent;
+mod cli;
+mod config;
+mod ebpf;
+mod export;
+mod identity;
+mod otlp;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    cli::{Cli, Command},
+    config::Config,
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Usage errors exit with 2; --help and --version with 0.
+        Err(e) => e.exit(),
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => {
+            let cfg = Config::from(args);
+            if let Err(e) = cfg.validate() {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            runtime.block_on(async { agent::Agent::start(cfg).run().await })
+        }
+        Command::BenchFloor { duration } => runtime.block_on(agent::bench_floor(duration)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries data). `RUST_LOG` overrides the default
+/// `info`; the exporter's transport crates are kept quiet so the agent never
+/// reports on its own exports in a loop.
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tonic=warn,tower=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

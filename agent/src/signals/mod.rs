@@ -1,0 +1,39 @@
+//! One module per signal, each mirroring the kernel module of the same name in
+//! `agent-ebpf/src/`. A signal attaches its programs, and every interval drains
+//! its maps into a [`Collected`] batch.
+
+pub mod syscalls;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use opentelemetry_proto::tonic::{metrics::v1::Metric, trace::v1::Span};
+
+use crate::identity::ProcessInfo;
+
+/// What one interval produced, grouped by the resource it belongs to.
+#[derive(Default)]
+pub struct Collected {
+    /// Per-process metrics and spans, keyed by pid.
+    pub processes: BTreeMap<u32, ProcessBatch>,
+    /// The agent's own telemetry (drops, map fill, attached programs).
+    pub agent: Vec<Metric>,
+}
+
+pub struct ProcessBatch {
+    pub info: Arc<ProcessInfo>,
+    pub metrics: Vec<Metric>,
+    pub spans: Vec<Span>,
+}
+
+impl Collected {
+    /// The batch of `info`'s process, created on first use.
+    pub fn process(&mut self, info: &Arc<ProcessInfo>) -> &mut ProcessBatch {
+        self.processes
+            .entry(info.pid)
+            .or_insert_with(|| ProcessBatch {
+                info: info.clone(),
+                metrics: Vec::new(),
+                spans: Vec::new(),
+            })
+    }
+}
