@@ -177,7 +177,15 @@ fn explain(e: &ProgramError) -> String {
         }
         _ => "",
     };
-    let mut msg = e.to_string();
+    let mut msg = match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } if verifier_log.to_string().trim().is_empty() => {
+            format!("BPF_PROG_LOAD failed: {io_error}")
+        }
+        _ => e.to_string(),
+    };
     // Verifier logs are long; the first lines say what matters.
     if msg.len() > 600 {
         msg.truncate(600);

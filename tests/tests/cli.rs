@@ -1,0 +1,169 @@
+//! The agent's contract with operators: exit codes, --duration, and what it
+//! says when it lacks a capability.
+
+use std::{
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use hostscope_tests::{hostscope_bin, otlp, require_root};
+use serde_json::Value;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(hostscope_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hostscope")
+}
+
+fn metrics_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|v: &Value| v.get("resourceMetrics").is_some())
+        .collect()
+}
+
+#[test]
+fn bad_flags_exit_2_before_attaching() {
+    for (args, names) in [
+        (&["run", "--interval", "0"][..], "--interval"),
+        (&["run", "--interval", "soon"], "--interval"),
+        (&["run", "--exporter", "carrier-pigeon"], "--exporter"),
+        (
+            &["run", "--max-syscall-series", "1"],
+            "--max-syscall-series",
+        ),
+        (&["run", "--slow-threshold", "fast"], "--slow-threshold"),
+        (&["run", "--bogus"], "--bogus"),
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?} should exit 2; stderr: {stderr}"
+        );
+        assert!(
+            stderr.contains(names),
+            "{args:?}: the message should name {names}; got: {stderr}"
+        );
+        assert!(
+            !stderr.contains("attached"),
+            "{args:?}: nothing may be attached; got: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: no data on stdout");
+    }
+}
+
+#[test]
+fn duration_exits_cleanly_with_a_final_flush() {
+    require_root();
+    let t = Instant::now();
+    let out = run(&[
+        "run",
+        "--exporter",
+        "stdout",
+        "--interval",
+        "30",
+        "--duration",
+        "1",
+    ]);
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "exit status {}; stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The interval (30 s) never elapsed: the one line is the final flush.
+    assert!(took < Duration::from_secs(25), "--duration 1 took {took:?}");
+    let lines = metrics_lines(&out);
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly the final flush, got {} lines",
+        lines.len()
+    );
+    let attached = otlp::points(
+        &otlp::resources(&lines[0])
+            .into_iter()
+            .find(|(a, _)| otlp::attr(a, "service.name") == Some("hostscope"))
+            .expect("agent resource")
+            .1,
+        "hostscope.agent.program.attached",
+    )
+    .len();
+    assert_eq!(
+        attached, 2,
+        "sys_enter and sys_exit should be reported attached"
+    );
+}
+
+/// With CAP_BPF but without CAP_PERFMON, maps can be created but tracing
+/// programs cannot be loaded: the agent must name the program and the missing
+/// capability in one line, and keep running (exporting its own telemetry).
+#[test]
+fn missing_capability_is_named_and_the_agent_keeps_running() {
+    require_root();
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args([
+            "--inh-caps",
+            "-all,+bpf",
+            "--ambient-caps",
+            "+bpf",
+            "--bounding-set",
+            "-all,+bpf",
+        ])
+        .arg(hostscope_bin())
+        .args([
+            "run",
+            "--exporter",
+            "stdout",
+            "--interval",
+            "0.3",
+            "--duration",
+            "1",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "agent should keep running and exit 0; status {}; stderr: {stderr}",
+        out.status
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or_else(|| panic!("expected one ERROR line; stderr: {stderr}"));
+    for needle in ["sys_exit", "CAP_PERFMON", "Operation not permitted"] {
+        assert!(
+            line.contains(needle),
+            "the error line should mention {needle}: {line}"
+        );
+    }
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("ERROR")).count(),
+        1,
+        "one line per failure: {stderr}"
+    );
+    let lines = metrics_lines(&out);
+    assert!(
+        lines.len() >= 2,
+        "agent should keep exporting; got {} lines",
+        lines.len()
+    );
+    let agent = otlp::resources(lines.last().unwrap())
+        .into_iter()
+        .find(|(a, _)| otlp::attr(a, "service.name") == Some("hostscope"))
+        .expect("agent resource");
+    assert!(
+        otlp::points(&agent.1, "hostscope.agent.program.attached").is_empty(),
+        "nothing should be reported attached"
+    );
+}
