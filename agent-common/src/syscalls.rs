@@ -130,21 +130,39 @@ pub fn ns_to_units_ceil(ns: u64) -> u64 {
     let q = ns / FIVE_9;
     let r = ns % FIVE_9;
     // r < 2^21, so r << 21 < 2^42: no overflow.
-    (q << 21) + ((r << 21) + FIVE_9 - 1) / FIVE_9
+    (q << 21) + (r << 21).div_ceil(FIVE_9)
+}
+
+/// Largest duration in ns that belongs in slot `s` or below:
+/// `floor(10^9 * 2^(s-30))`, computed with shifts only (no overflow for
+/// `s <= 64`, since 10^9 < 2^30).
+#[inline(always)]
+pub fn slot_upper_ns(s: u32) -> u64 {
+    const NS_PER_SEC: u64 = 1_000_000_000;
+    if s <= 30 {
+        (NS_PER_SEC << s) >> 30
+    } else {
+        NS_PER_SEC << (s - 30)
+    }
 }
 
 /// Histogram slot of a duration in nanoseconds (see the module docs).
+///
+/// Equivalent to `bit_length(ns_to_units_ceil(ns) - 1)`, without division:
+/// a duration lies in slot `s` iff `slot_upper_ns(s-1) < ns <= slot_upper_ns(s)`.
+/// Since `slot_upper_ns(s)` is about `0.93 * 2^s`, a duration with
+/// `b = bit_length(ns)` lies in slot `b` or `b + 1`; one comparison decides.
 #[inline(always)]
 pub fn slot_of_ns(ns: u64) -> usize {
-    let units = ns_to_units_ceil(ns);
-    if units <= 1 {
+    if ns == 0 {
         return 0;
     }
-    let bits = (64 - (units - 1).leading_zeros()) as usize;
-    if bits >= HIST_SLOTS {
+    let b = 64 - ns.leading_zeros();
+    let slot = if ns <= slot_upper_ns(b) { b } else { b + 1 } as usize;
+    if slot >= HIST_SLOTS {
         HIST_SLOTS - 1
     } else {
-        bits
+        slot
     }
 }
 
@@ -195,6 +213,36 @@ mod tests {
         assert_eq!(slot_of_ns(1_000_000_000), 30); // exactly 1 s
         assert_eq!(slot_of_ns(1_000_000_001), 31);
         assert_eq!(slot_of_ns(u64::MAX), HIST_SLOTS - 1);
+    }
+
+    /// The shift-only slot equals the definition through units of 2^-30 s.
+    #[test]
+    fn slot_matches_units_definition() {
+        let by_units = |ns: u64| {
+            let units = ns_to_units_ceil(ns);
+            if units <= 1 {
+                0
+            } else {
+                ((64 - (units - 1).leading_zeros()) as usize).min(HIST_SLOTS - 1)
+            }
+        };
+        let mut ns = 0u64;
+        while ns < u64::MAX / 3 {
+            for probe in [ns.saturating_sub(1), ns, ns + 1] {
+                assert_eq!(slot_of_ns(probe), by_units(probe), "ns={probe}");
+            }
+            ns = ns + ns / 4 + 1;
+        }
+        for s in 0..64 {
+            let t = slot_upper_ns(s);
+            for probe in [t.saturating_sub(1), t, t + 1] {
+                assert_eq!(
+                    slot_of_ns(probe),
+                    by_units(probe),
+                    "ns={probe} near slot {s}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl Lines {
 pub struct Agent {
     child: Option<Child>,
     lines: Receiver<Value>,
+    reader: Option<thread::JoinHandle<()>>,
     pub stderr: Lines,
 }
 
@@ -138,7 +139,7 @@ impl Agent {
         stderr.spawn_reader(child.stderr.take().unwrap());
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
@@ -152,6 +153,7 @@ impl Agent {
         let agent = Agent {
             child: Some(child),
             lines: rx,
+            reader: Some(reader),
             stderr,
         };
         agent.stderr.wait_for(
@@ -192,6 +194,10 @@ impl Agent {
             "agent should exit 0 after signal {signal}, got {status}; log:\n{}",
             self.stderr.text()
         );
+        // The reader thread ends at EOF, once it has parsed the last line.
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("agent stdout reader panicked");
+        }
         self.lines.try_iter().collect()
     }
 }

@@ -3,6 +3,12 @@
 
 use serde_json::Value;
 
+/// Attributes as (key, value-as-string) pairs.
+pub type Attrs = Vec<(String, String)>;
+
+/// One resource of a metrics line: its attributes and its metrics.
+pub type ResourceView = (Attrs, Vec<Value>);
+
 /// A number that the JSON mapping may give as a string or a number.
 pub fn num(v: &Value) -> u64 {
     match v {
@@ -14,8 +20,8 @@ pub fn num(v: &Value) -> u64 {
     }
 }
 
-/// Attributes as (key, value-as-string) pairs.
-pub fn attrs(v: &Value) -> Vec<(String, String)> {
+/// Attributes of an OTLP attribute list.
+pub fn attrs(v: &Value) -> Attrs {
     v.as_array()
         .map(|a| {
             a.iter()
@@ -42,7 +48,7 @@ pub fn attr<'a>(attrs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 /// The resources of a metrics line: (resource attributes, metrics).
-pub fn resources(line: &Value) -> Vec<(Vec<(String, String)>, Vec<Value>)> {
+pub fn resources(line: &Value) -> Vec<ResourceView> {
     let Some(rms) = line["resourceMetrics"].as_array() else {
         return Vec::new();
     };
@@ -60,7 +66,7 @@ pub fn resources(line: &Value) -> Vec<(Vec<(String, String)>, Vec<Value>)> {
 }
 
 /// Metrics of the process with `pid` in a metrics line.
-pub fn process_metrics(line: &Value, pid: u32) -> Option<(Vec<(String, String)>, Vec<Value>)> {
+pub fn process_metrics(line: &Value, pid: u32) -> Option<ResourceView> {
     let pid = pid.to_string();
     resources(line).into_iter().find(|(a, _)| {
         attr(a, "process.pid") == Some(pid.as_str()) && attr(a, "service.name").is_none()

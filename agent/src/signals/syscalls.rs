@@ -13,7 +13,7 @@
 //! Self-telemetry: `hostscope.agent.dropped` by reason, map fill, slow events.
 
 use std::{
-    collections::{BTreeMap, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashSet, VecDeque},
     sync::Arc,
 };
 
@@ -173,23 +173,19 @@ impl Syscalls {
         }
         let mut errors_by_pid: BTreeMap<u32, Vec<(u32, u32, u64)>> = BTreeMap::new();
         let mut error_series = 0u64;
-        for item in self.errors.iter() {
-            if let Ok((key, values)) = item {
-                error_series += 1;
-                errors_by_pid.entry(key.tgid).or_default().push((
-                    key.nr,
-                    key.errno,
-                    values.iter().sum(),
-                ));
-            }
+        // Entries that vanish mid-iteration (an exited process reclaimed) are skipped.
+        for (key, values) in self.errors.iter().flatten() {
+            error_series += 1;
+            errors_by_pid.entry(key.tgid).or_default().push((
+                key.nr,
+                key.errno,
+                values.iter().sum(),
+            ));
         }
 
         let mut gone: HashSet<u32> = HashSet::new();
-        let pids: Vec<u32> = by_pid.keys().chain(errors_by_pid.keys()).copied().collect();
+        let pids: BTreeSet<u32> = by_pid.keys().chain(errors_by_pid.keys()).copied().collect();
         for pid in pids {
-            if out.processes.contains_key(&pid) && !by_pid.contains_key(&pid) {
-                continue;
-            }
             let info = identity(cache, pid);
             if !info.executable_name.is_empty() && !cache.is_alive(&info)
                 || info.executable_name.is_empty() && !ProcessCache::pid_exists(pid)
