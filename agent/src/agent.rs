@@ -98,6 +98,7 @@ impl Agent {
             &mut obj,
             btf.as_ref(),
             s,
+            self.cfg.hook_type,
             stats_capacity,
             self.started_unix_nano,
         ) {

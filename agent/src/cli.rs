@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ExporterKind, SyscallsConfig};
+use crate::config::{Config, ExporterKind, HookPreference, SyscallsConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// Where to send measurements (repeatable).
     #[arg(long = "exporter", value_enum, default_values_t = [ExporterKind::Stdout])]
     pub exporters: Vec<ExporterKind>,
+    /// Tracepoint programs to attach: BTF tracepoints with a raw-tracepoint
+    /// fallback (auto), or only one kind.
+    #[arg(long, value_enum, default_value_t = HookPreference::Auto)]
+    pub hook_type: HookPreference,
     /// Seconds between exports.
     #[arg(long, value_parser = parse_seconds, default_value = "10")]
     pub interval: Duration,
@@ -74,6 +78,7 @@ impl From<RunArgs> for Config {
             interval: a.interval,
             duration: a.duration,
             exporters: dedup(a.exporters),
+            hook_type: a.hook_type,
             syscalls: SyscallsConfig {
                 enabled: !a.no_syscalls,
                 slow_threshold: a.slow_threshold.0,

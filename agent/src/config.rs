@@ -12,6 +12,18 @@ pub enum ExporterKind {
     Stdout,
 }
 
+/// Which kind of tracepoint program to attach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookPreference {
+    /// BTF tracepoints where the kernel has BTF, else raw tracepoints.
+    #[default]
+    Auto,
+    /// BTF tracepoints only (fail rather than fall back).
+    TpBtf,
+    /// Raw tracepoints only (for kernels whose BTF tracepoints misbehave).
+    RawTp,
+}
+
 /// Everything `hostscope run` needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -20,6 +32,7 @@ pub struct Config {
     /// Stop after this long (None: run until SIGINT/SIGTERM).
     pub duration: Option<Duration>,
     pub exporters: Vec<ExporterKind>,
+    pub hook_type: HookPreference,
     pub syscalls: SyscallsConfig,
 }
 
@@ -48,6 +61,7 @@ impl Default for Config {
             interval: Duration::from_secs(10),
             duration: None,
             exporters: vec![ExporterKind::Stdout],
+            hook_type: HookPreference::Auto,
             syscalls: SyscallsConfig::default(),
         }
     }

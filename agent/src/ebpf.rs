@@ -10,6 +10,8 @@ use aya::{
 use thiserror::Error;
 use tracing::{debug, info};
 
+use crate::config::HookPreference;
+
 /// The kernel programs, built by `build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hostscope"));
 
@@ -101,29 +103,42 @@ pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
     })
 }
 
-/// Loads and attaches one tracepoint hook, preferring the BTF tracepoint
-/// program and falling back to the raw tracepoint program.
+/// Loads and attaches one tracepoint hook: the BTF tracepoint program, and
+/// where that is unavailable (or `pref` says so) the raw tracepoint program.
 pub fn attach_tracepoint(
     ebpf: &mut Ebpf,
     btf: Option<&Btf>,
+    pref: HookPreference,
     tracepoint: &str,
     btf_program: &str,
     raw_program: &str,
 ) -> Result<Hook, AttachError> {
-    let btf_failure = match btf {
-        None => "no kernel BTF (/sys/kernel/btf/vmlinux)".to_string(),
-        Some(btf) => match attach_btf(ebpf, btf, tracepoint, btf_program) {
+    let btf_failure = match (pref, btf) {
+        (HookPreference::RawTp, _) => "not tried (--hook-type raw-tp)".to_string(),
+        (_, None) => "no kernel BTF (/sys/kernel/btf/vmlinux)".to_string(),
+        (_, Some(btf)) => match attach_btf(ebpf, btf, tracepoint, btf_program) {
             Ok(()) => return Ok(Hook::BtfTracePoint),
             Err(e) => explain(&e),
         },
     };
+    if pref == HookPreference::TpBtf {
+        return Err(AttachError {
+            program: btf_program.to_string(),
+            tracepoint: tracepoint.to_string(),
+            reason: format!(
+                "BTF tracepoint: {btf_failure} (--hook-type tp-btf allows no fallback)"
+            ),
+        });
+    }
     match attach_raw(ebpf, tracepoint, raw_program) {
         Ok(()) => {
-            info!(
-                program = raw_program,
-                tracepoint,
-                "BTF tracepoint unavailable ({btf_failure}); using the raw tracepoint instead"
-            );
+            if pref == HookPreference::Auto {
+                info!(
+                    program = raw_program,
+                    tracepoint,
+                    "BTF tracepoint unavailable ({btf_failure}); using the raw tracepoint instead"
+                );
+            }
             Ok(Hook::RawTracePoint)
         }
         Err(e) => Err(AttachError {

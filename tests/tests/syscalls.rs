@@ -69,9 +69,21 @@ fn unix_now_ns() -> u64 {
 }
 
 #[test]
-fn exact_counts_buckets_and_errors_for_a_known_workload() {
+fn exact_counts_buckets_and_errors_with_btf_tracepoints() {
+    exact_counts_buckets_and_errors("tp-btf", "tp_btf");
+}
+
+/// The fallback for kernels without BTF gives the same numbers.
+#[test]
+fn exact_counts_buckets_and_errors_with_raw_tracepoints() {
+    exact_counts_buckets_and_errors("raw-tp", "raw_tp");
+}
+
+fn exact_counts_buckets_and_errors(hook_flag: &str, hook_attr: &str) {
     require_root();
     let agent = Agent::start(&[
+        "--hook-type",
+        hook_flag,
         "--interval",
         "1",
         "--slow-threshold",
@@ -87,6 +99,28 @@ fn exact_counts_buckets_and_errors_for_a_known_workload() {
     // SIGTERM: the agent must flush the last interval before exiting.
     let lines = agent.stop_with(libc::SIGTERM);
     let (attrs, metrics, spans) = final_view(&lines, pid);
+
+    // Attached the way it was asked to.
+    let agent_metrics = lines
+        .iter()
+        .rev()
+        .flat_map(otlp::resources)
+        .find(|(a, _)| otlp::attr(a, "service.name") == Some("hostscope"))
+        .expect("agent resource")
+        .1;
+    let hooks: Vec<String> = otlp::points(&agent_metrics, "hostscope.agent.program.attached")
+        .iter()
+        .map(|p| {
+            otlp::attr(&otlp::attrs(&p["attributes"]), "hostscope.hook")
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        hooks,
+        [hook_attr, hook_attr],
+        "sys_enter and sys_exit should both use {hook_attr}"
+    );
 
     // Identity.
     assert_eq!(

@@ -33,7 +33,7 @@ use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
 use crate::{
-    config::SyscallsConfig,
+    config::{HookPreference, SyscallsConfig},
     ebpf::{AttachError, Hook, attach_tracepoint},
     identity::{ProcessCache, ProcessInfo},
     otlp::{self, Window},
@@ -100,13 +100,21 @@ impl Syscalls {
         ebpf: &mut Ebpf,
         btf: Option<&Btf>,
         cfg: &SyscallsConfig,
+        pref: HookPreference,
         stats_capacity: u32,
         now_unix_nano: u64,
     ) -> Result<Self, SyscallsError> {
         // Exit before enter: an exit with no entry is merely unmatched, an entry
         // with no exit program would fill the in-flight map for nothing.
-        let exit = attach_tracepoint(ebpf, btf, "sys_exit", "sys_exit_btf", "sys_exit_raw")?;
-        let enter = attach_tracepoint(ebpf, btf, "sys_enter", "sys_enter_btf", "sys_enter_raw")?;
+        let exit = attach_tracepoint(ebpf, btf, pref, "sys_exit", "sys_exit_btf", "sys_exit_raw")?;
+        let enter = attach_tracepoint(
+            ebpf,
+            btf,
+            pref,
+            "sys_enter",
+            "sys_enter_btf",
+            "sys_enter_raw",
+        )?;
         let ring: RingBuf<MapData> = take(ebpf, "SYSCALL_SLOW_EVENTS")?;
         Ok(Self {
             stats: take(ebpf, "SYSCALL_STATS")?,
