@@ -34,8 +34,11 @@ pub mod drop_reason {
     pub const SLOW_RATE_LIMITED: u32 = 3;
     /// A slow syscall was not sent because the ring buffer was full.
     pub const SLOW_RINGBUF_FULL: u32 = 4;
+    /// A thread switched out mid-syscall could not be moved into
+    /// `SYSCALL_INFLIGHT`: its syscall's exit will be unmatched.
+    pub const INFLIGHT_HANDOFF_FAILED: u32 = 5;
     /// Number of reasons (length of the array).
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Key of `SYSCALL_STATS`: one process and one syscall number.
@@ -92,6 +95,23 @@ pub struct SyscallStart {
     pub nr: u32,
     /// Explicit padding.
     pub _pad: u32,
+}
+
+/// Value of `SYSCALL_CPU_SLOT` (per CPU): the syscall in flight of the thread
+/// running on this CPU. Most syscalls return without the thread being
+/// switched out, so entry and exit meet here without a hash lookup; when the
+/// thread is switched out mid-syscall, the `sched_switch` program moves the
+/// entry into `SYSCALL_INFLIGHT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuSlot {
+    /// Thread (pid_tgid) whose syscall this is.
+    pub pid_tgid: u64,
+    /// `bpf_ktime_get_ns()` at entry.
+    pub ts_ns: u64,
+    pub nr: u32,
+    /// 1 while the syscall is in flight and its thread on this CPU.
+    pub active: u32,
 }
 
 /// A syscall slower than the configured threshold, sent through the
@@ -173,6 +193,7 @@ mod pod {
     unsafe impl aya::Pod for SyscallStats {}
     unsafe impl aya::Pod for SyscallErrorKey {}
     unsafe impl aya::Pod for SyscallStart {}
+    unsafe impl aya::Pod for CpuSlot {}
     unsafe impl aya::Pod for SlowSyscallEvent {}
     unsafe impl aya::Pod for RateWindow {}
 }

@@ -6,8 +6,12 @@
 //! (`sys_enter`) or its return value (`sys_exit`), and neither needs a kernel
 //! struct offset.
 //!
-//! Per syscall: one in-flight map lookup at entry, then at exit one in-flight
-//! lookup and one per-CPU stats lookup (plus an errno-map update on failure).
+//! Per syscall: entry writes this CPU's in-flight slot; exit reads it back and
+//! updates one per-CPU stats entry (plus an errno-map entry on failure). Only
+//! when the thread is switched out mid-syscall (it blocked or was preempted)
+//! does `sched_switch` move the entry into the in-flight hash map, where the
+//! exit finds it on whatever CPU it resumes. Without the `sched_switch`
+//! program, the `_hash` variants use the hash map for every syscall.
 //! Nothing crosses to userspace except syscalls slower than `SLOW_THRESHOLD_NS`,
 //! sent through a ring buffer under a per-CPU rate limit.
 
@@ -20,7 +24,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use hostscope_common::syscalls::{
-    RateWindow, SlowSyscallEvent, SyscallErrorKey, SyscallKey, SyscallStart, SyscallStats,
+    CpuSlot, RateWindow, SlowSyscallEvent, SyscallErrorKey, SyscallKey, SyscallStart, SyscallStats,
     drop_reason, slot_of_ns,
 };
 
@@ -38,6 +42,10 @@ static SLOW_EVENTS_PER_CPU_PER_SEC: u64 = 0;
 /// syscall (exit, exit_group, exec by a non-leader thread) never fill it.
 #[map]
 static SYSCALL_INFLIGHT: LruHashMap<u64, SyscallStart> = LruHashMap::with_max_entries(32768, 0);
+
+/// This CPU's syscall in flight (the fast path; see `CpuSlot`).
+#[map]
+static SYSCALL_CPU_SLOT: PerCpuArray<CpuSlot> = PerCpuArray::with_max_entries(1, 0);
 
 /// Count, errors, sum and histogram per (process, syscall); the loader resizes it.
 #[map]
@@ -64,24 +72,59 @@ static SYSCALL_SLOW_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 const NS_PER_SEC: u64 = 1_000_000_000;
 const MAX_ERRNO: i64 = 4095;
 
+// Two variants of each program: with the per-CPU fast path (used when the
+// `sched_switch` handoff program is attached) and hash-only (when it is not).
+
 #[btf_tracepoint(function = "sys_enter")]
 pub fn sys_enter_btf(ctx: BtfTracePointContext) -> i32 {
-    on_enter(ctx.arg::<i64>(1))
+    on_enter::<true>(ctx.arg::<i64>(1))
 }
 
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
-    on_exit(ctx.arg::<i64>(1))
+    on_exit::<true>(ctx.arg::<i64>(1))
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter_raw(ctx: RawTracePointContext) -> i32 {
-    on_enter(ctx.arg::<i64>(1))
+    on_enter::<true>(ctx.arg::<i64>(1))
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
-    on_exit(ctx.arg::<i64>(1))
+    on_exit::<true>(ctx.arg::<i64>(1))
+}
+
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter_btf_hash(ctx: BtfTracePointContext) -> i32 {
+    on_enter::<false>(ctx.arg::<i64>(1))
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_btf_hash(ctx: BtfTracePointContext) -> i32 {
+    on_exit::<false>(ctx.arg::<i64>(1))
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_raw_hash(ctx: RawTracePointContext) -> i32 {
+    on_enter::<false>(ctx.arg::<i64>(1))
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_raw_hash(ctx: RawTracePointContext) -> i32 {
+    on_exit::<false>(ctx.arg::<i64>(1))
+}
+
+/// The thread leaving the CPU (`current` at this tracepoint) takes its
+/// in-flight syscall from the per-CPU slot into the hash map.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn syscall_sched_switch_btf(_ctx: BtfTracePointContext) -> i32 {
+    on_switch()
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn syscall_sched_switch_raw(_ctx: RawTracePointContext) -> i32 {
+    on_switch()
 }
 
 /// The floor for benchmarks: empty programs on the same hooks.
@@ -96,16 +139,24 @@ pub fn sys_exit_empty(_ctx: BtfTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn on_enter(nr: i64) -> i32 {
-    match try_enter(nr) {
+fn on_enter<const FAST: bool>(nr: i64) -> i32 {
+    match try_enter::<FAST>(nr) {
         Ok(()) => 0,
         Err(()) => 1,
     }
 }
 
 #[inline(always)]
-fn on_exit(ret: i64) -> i32 {
-    match try_exit(ret) {
+fn on_exit<const FAST: bool>(ret: i64) -> i32 {
+    match try_exit::<FAST>(ret) {
+        Ok(()) => 0,
+        Err(()) => 1,
+    }
+}
+
+#[inline(always)]
+fn on_switch() -> i32 {
+    match try_switch() {
         Ok(()) => 0,
         Err(()) => 1,
     }
@@ -117,15 +168,32 @@ fn agent_tgid() -> u32 {
 }
 
 #[inline(always)]
-fn try_enter(nr: i64) -> Result<(), ()> {
+fn try_enter<const FAST: bool>(nr: i64) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == agent_tgid() {
         return Ok(());
     }
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let nr = nr as u32;
-    // Reuse this thread's slot in place when it exists (a lookup is cheaper
-    // than an LRU update, which allocates a node); insert on first sight.
+    if FAST {
+        let slot = SYSCALL_CPU_SLOT.get_ptr_mut(0).ok_or(())?;
+        unsafe {
+            *slot = CpuSlot {
+                pid_tgid,
+                ts_ns,
+                nr,
+                active: 1,
+            };
+        }
+        return Ok(());
+    }
+    store_inflight(pid_tgid, ts_ns, nr)
+}
+
+/// Records a syscall in flight in the hash map, in place when the thread has
+/// an entry already (a lookup is cheaper than an LRU update, which allocates).
+#[inline(always)]
+fn store_inflight(pid_tgid: u64, ts_ns: u64, nr: u32) -> Result<(), ()> {
     if let Some(start) = SYSCALL_INFLIGHT.get_ptr_mut(pid_tgid) {
         unsafe {
             (*start).ts_ns = ts_ns;
@@ -138,22 +206,54 @@ fn try_enter(nr: i64) -> Result<(), ()> {
 }
 
 #[inline(always)]
-fn try_exit(ret: i64) -> Result<(), ()> {
+fn try_switch() -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let slot = SYSCALL_CPU_SLOT.get_ptr_mut(0).ok_or(())?;
+    let (active, owner, ts_ns, nr) =
+        unsafe { ((*slot).active, (*slot).pid_tgid, (*slot).ts_ns, (*slot).nr) };
+    if active == 0 || owner != pid_tgid {
+        return Ok(());
+    }
+    unsafe { (*slot).active = 0 };
+    if store_inflight(pid_tgid, ts_ns, nr).is_err() {
+        count_drop(drop_reason::INFLIGHT_HANDOFF_FAILED);
+    }
+    Ok(())
+}
+
+/// Takes the start of the current thread's syscall: from this CPU's slot
+/// when the thread was not switched out, else from the hash map.
+#[inline(always)]
+fn take_start<const FAST: bool>(pid_tgid: u64) -> Option<(u64, u32)> {
+    if FAST
+        && let Some(slot) = SYSCALL_CPU_SLOT.get_ptr_mut(0)
+        && unsafe { (*slot).active != 0 && (*slot).pid_tgid == pid_tgid }
+    {
+        return unsafe {
+            (*slot).active = 0;
+            Some(((*slot).ts_ns, (*slot).nr))
+        };
+    }
+    let start = SYSCALL_INFLIGHT.get_ptr_mut(pid_tgid)?;
+    let (ts_ns, nr) = unsafe { ((*start).ts_ns, (*start).nr) };
+    if ts_ns == 0 {
+        return None;
+    }
+    unsafe { (*start).ts_ns = 0 };
+    Some((ts_ns, nr))
+}
+
+#[inline(always)]
+fn try_exit<const FAST: bool>(ret: i64) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if tgid == agent_tgid() {
         return Ok(());
     }
-    let Some(start) = SYSCALL_INFLIGHT.get_ptr_mut(pid_tgid) else {
+    let Some((start_ns, nr)) = take_start::<FAST>(pid_tgid) else {
         count_drop(drop_reason::UNMATCHED_EXIT);
         return Ok(());
     };
-    let (start_ns, nr) = unsafe { ((*start).ts_ns, (*start).nr) };
-    if start_ns == 0 {
-        count_drop(drop_reason::UNMATCHED_EXIT);
-        return Ok(());
-    }
-    unsafe { (*start).ts_ns = 0 };
     let now = unsafe { bpf_ktime_get_ns() };
     let duration_ns = now.saturating_sub(start_ns);
     let failed = (-MAX_ERRNO..0).contains(&ret);

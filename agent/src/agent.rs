@@ -107,6 +107,7 @@ impl Agent {
                 info!(
                     sys_enter = enter.as_str(),
                     sys_exit = exit.as_str(),
+                    sched_switch = sc.switch_hook.map_or("off", |h| h.as_str()),
                     max_series = stats_capacity,
                     kernel_bytes = stats_capacity as u64 * STATS_VALUE_BYTES * cpus,
                     "syscalls signal attached"

@@ -63,6 +63,10 @@ pub struct RunArgs {
     /// Bound on threads tracked inside a syscall at once.
     #[arg(long, default_value_t = SyscallsConfig::default().max_inflight_threads)]
     pub max_inflight_threads: u32,
+    /// Pair syscall entry and exit through the in-flight hash map only, without
+    /// the per-CPU fast path and its sched_switch program.
+    #[arg(long, hide = true)]
+    pub no_syscall_fast_path: bool,
     /// Do not attach the syscalls programs.
     #[arg(long)]
     pub no_syscalls: bool,
@@ -81,6 +85,7 @@ impl From<RunArgs> for Config {
             hook_type: a.hook_type,
             syscalls: SyscallsConfig {
                 enabled: !a.no_syscalls,
+                fast_path: !a.no_syscall_fast_path,
                 slow_threshold: a.slow_threshold.0,
                 slow_events_per_cpu_per_sec: a.slow_events_per_cpu,
                 max_series: a.max_syscall_series,

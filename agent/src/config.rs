@@ -40,6 +40,9 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyscallsConfig {
     pub enabled: bool,
+    /// Pair entry and exit through a per-CPU slot (needs a sched_switch
+    /// program); off: through the in-flight hash map for every syscall.
+    pub fast_path: bool,
     /// Syscalls at least this slow are sent as events (None: never).
     pub slow_threshold: Option<Duration>,
     /// In-kernel rate limit for slow-syscall events, per CPU per second.
@@ -71,6 +74,7 @@ impl Default for SyscallsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            fast_path: true,
             slow_threshold: Some(Duration::from_millis(100)),
             slow_events_per_cpu_per_sec: 20,
             max_series: None,

@@ -233,6 +233,9 @@ pub struct Mix {
     pub sleep_ms: u64,
     pub ebadf: u64,
     pub enoent: u64,
+    /// Threads making `getppid` and `sched_yield` (0 or 1: the main thread).
+    pub threads: u64,
+    pub yields: u64,
 }
 
 /// A running `hostscope-workload mix`, waiting for `go`.
@@ -256,7 +259,13 @@ impl Workload {
                 &n(mix.sleeps),
             ])
             .args(["--sleep-ms", &n(mix.sleep_ms), "--ebadf", &n(mix.ebadf)])
-            .args(["--enoent", &n(mix.enoent)])
+            .args([
+                "--enoent",
+                &n(mix.enoent),
+                "--threads",
+                &n(mix.threads.max(1)),
+            ])
+            .args(["--yields", &n(mix.yields)])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

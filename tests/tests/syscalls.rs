@@ -25,6 +25,8 @@ const MIX: Mix = Mix {
     sleep_ms: 130,
     ebadf: 7,
     enoent: 5,
+    threads: 1,
+    yields: 0,
 };
 
 /// The last metrics line that has the process, and every span of it.
@@ -68,29 +70,35 @@ fn unix_now_ns() -> u64 {
         .as_nanos() as u64
 }
 
+/// BTF tracepoints with the per-CPU fast path (and its sched_switch handoff,
+/// which the blocking sleeps go through).
 #[test]
 fn exact_counts_buckets_and_errors_with_btf_tracepoints() {
-    exact_counts_buckets_and_errors("tp-btf", "tp_btf");
+    exact_counts_buckets_and_errors(&["--hook-type", "tp-btf"], "tp_btf", 3);
 }
 
-/// The fallback for kernels without BTF gives the same numbers.
+/// The fallbacks (raw tracepoints for kernels without BTF; the in-flight hash
+/// map for every syscall when sched_switch is unavailable) give the same numbers.
 #[test]
-fn exact_counts_buckets_and_errors_with_raw_tracepoints() {
-    exact_counts_buckets_and_errors("raw-tp", "raw_tp");
+fn exact_counts_buckets_and_errors_with_raw_tracepoints_and_hash_only() {
+    exact_counts_buckets_and_errors(
+        &["--hook-type", "raw-tp", "--no-syscall-fast-path"],
+        "raw_tp",
+        2,
+    );
 }
 
-fn exact_counts_buckets_and_errors(hook_flag: &str, hook_attr: &str) {
+fn exact_counts_buckets_and_errors(mode: &[&str], hook_attr: &str, programs: usize) {
     require_root();
-    let agent = Agent::start(&[
-        "--hook-type",
-        hook_flag,
+    let flags = [
         "--interval",
         "1",
         "--slow-threshold",
         "100ms",
         "--slow-events-per-cpu",
         "1000",
-    ]);
+    ];
+    let agent = Agent::start(&[mode, &flags[..]].concat());
     let before_spawn = unix_now_ns();
     let mut workload = Workload::spawn(MIX);
     let after_spawn = unix_now_ns();
@@ -245,6 +253,42 @@ fn exact_counts_buckets_and_errors(hook_flag: &str, hook_attr: &str) {
             s["traceId"].as_str().map(str::len),
             Some(32),
             "hex trace id: {s}"
+        );
+    }
+}
+
+/// Threads that keep being switched out mid-syscall (`sched_yield` on a
+/// crowded machine) and migrating between CPUs: entry and exit must still
+/// pair up exactly, whether they meet in the per-CPU slot or in the hash map.
+#[test]
+fn exact_counts_under_contention_and_migration() {
+    for mode in [&[][..], &["--no-syscall-fast-path"][..]] {
+        require_root();
+        let flags = ["--interval", "1", "--slow-threshold", "off"];
+        let agent = Agent::start(&[mode, &flags[..]].concat());
+        let mix = Mix {
+            getppid: 20_000,
+            yields: 5_000,
+            threads: 6,
+            ..Mix::default()
+        };
+        let mut workload = Workload::spawn(mix);
+        workload.run();
+        let pid = workload.pid;
+        let lines = agent.stop_with(libc::SIGTERM);
+        let (_, metrics, _) = final_view(&lines, pid);
+        let total = |n: u64| n * mix.threads;
+        assert_eq!(
+            histogram(&metrics, "getppid").count,
+            total(mix.getppid),
+            "getppid across {} threads ({mode:?})",
+            mix.threads
+        );
+        assert_eq!(
+            histogram(&metrics, "sched_yield").count,
+            total(mix.yields),
+            "sched_yield across {} threads ({mode:?})",
+            mix.threads
         );
     }
 }

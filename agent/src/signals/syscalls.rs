@@ -51,6 +51,7 @@ const DROP_REASONS: [&str; drop_reason::COUNT as usize] = [
     "syscall_unmatched_exit",
     "syscall_slow_rate_limited",
     "syscall_slow_ringbuf_full",
+    "syscall_inflight_handoff_failed",
 ];
 
 #[derive(Debug, Error)]
@@ -80,6 +81,8 @@ pub struct Syscalls {
     events_dropped_userspace: u64,
     /// How each of sys_enter/sys_exit got attached.
     pub hooks: [Hook; 2],
+    /// How sched_switch (the fast path's handoff) got attached, if at all.
+    pub switch_hook: Option<Hook>,
     stats_capacity: u32,
     errors_capacity: u32,
     attached_unix_nano: u64,
@@ -104,16 +107,44 @@ impl Syscalls {
         stats_capacity: u32,
         now_unix_nano: u64,
     ) -> Result<Self, SyscallsError> {
+        // The fast path needs sched_switch to hand blocked syscalls over to
+        // the hash map; without it, every syscall goes through the hash map.
+        let switch = if cfg.fast_path {
+            match attach_tracepoint(
+                ebpf,
+                btf,
+                pref,
+                "sched_switch",
+                "syscall_sched_switch_btf",
+                "syscall_sched_switch_raw",
+            ) {
+                Ok(hook) => Some(hook),
+                Err(e) => {
+                    warn!("syscalls: per-CPU fast path off, every syscall uses the hash map: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let suffix = if switch.is_some() { "" } else { "_hash" };
         // Exit before enter: an exit with no entry is merely unmatched, an entry
         // with no exit program would fill the in-flight map for nothing.
-        let exit = attach_tracepoint(ebpf, btf, pref, "sys_exit", "sys_exit_btf", "sys_exit_raw")?;
+        let exit = attach_tracepoint(
+            ebpf,
+            btf,
+            pref,
+            "sys_exit",
+            &format!("sys_exit_btf{suffix}"),
+            &format!("sys_exit_raw{suffix}"),
+        )?;
         let enter = attach_tracepoint(
             ebpf,
             btf,
             pref,
             "sys_enter",
-            "sys_enter_btf",
-            "sys_enter_raw",
+            &format!("sys_enter_btf{suffix}"),
+            &format!("sys_enter_raw{suffix}"),
         )?;
         let ring: RingBuf<MapData> = take(ebpf, "SYSCALL_SLOW_EVENTS")?;
         Ok(Self {
@@ -127,6 +158,7 @@ impl Syscalls {
             events_received: 0,
             events_dropped_userspace: 0,
             hooks: [enter, exit],
+            switch_hook: switch,
             stats_capacity,
             errors_capacity: cfg.max_error_series,
             attached_unix_nano: now_unix_nano,

@@ -1,9 +1,12 @@
 //! A process whose syscalls the tests control exactly.
 //!
-//! `hostscope-workload mix --getppid N --sleeps K --sleep-ms M --ebadf F --enoent E`
-//! prints `ready <pid>` and waits for a line on stdin; then makes exactly N
-//! `getppid`, K `nanosleep` of M ms, F failing `fchdir(-1)` (EBADF) and E
-//! failing `rmdir` of a missing path (ENOENT) through raw `syscall(2)`, prints
+//! `hostscope-workload mix --getppid N --sleeps K --sleep-ms M --ebadf F --enoent E
+//! --threads T --yields Y` prints `ready <pid>` and waits for a line on stdin;
+//! then each of T threads makes exactly N `getppid` and Y `sched_yield`
+//! (which switches the thread out mid-syscall whenever another task is
+//! runnable), and the main thread K `nanosleep` of M ms, F failing
+//! `fchdir(-1)` (EBADF) and E failing `rmdir` of a missing path (ENOENT), all
+//! through raw `syscall(2)`; it prints
 //! one JSON line with what it did (including each sleep's duration measured
 //! around the syscall), and waits for stdin to close before exiting.
 //!
@@ -57,6 +60,8 @@ fn mix(args: &[String]) {
     let sleep_ms = flag(args, "--sleep-ms", 0);
     let ebadf = flag(args, "--ebadf", 0);
     let enoent = flag(args, "--enoent", 0);
+    let threads = flag(args, "--threads", 1);
+    let yields = flag(args, "--yields", 0);
 
     let stdin = std::io::stdin();
     let mut line = String::new();
@@ -64,8 +69,20 @@ fn mix(args: &[String]) {
     std::io::stdout().flush().unwrap();
     stdin.lock().read_line(&mut line).expect("read go line");
 
-    for _ in 0..getppid {
-        unsafe { libc::syscall(libc::SYS_getppid) };
+    let busy = move || {
+        for i in 0..getppid.max(yields) {
+            if i < getppid {
+                unsafe { libc::syscall(libc::SYS_getppid) };
+            }
+            if i < yields {
+                unsafe { libc::syscall(libc::SYS_sched_yield) };
+            }
+        }
+    };
+    let workers: Vec<_> = (1..threads).map(|_| std::thread::spawn(busy)).collect();
+    busy();
+    for w in workers {
+        w.join().unwrap();
     }
     let ts = libc::timespec {
         tv_sec: (sleep_ms / 1000) as libc::time_t,
