@@ -116,6 +116,10 @@ impl Agent {
                     .push(("syscalls/sys_enter".into(), enter.as_str()));
                 self.attached
                     .push(("syscalls/sys_exit".into(), exit.as_str()));
+                if let Some(switch) = sc.switch_hook {
+                    self.attached
+                        .push(("syscalls/sched_switch".into(), switch.as_str()));
+                }
                 self.syscalls = Some(sc);
             }
             Err(e) => error!("syscalls signal not attached: {e}"),

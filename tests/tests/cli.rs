@@ -97,8 +97,8 @@ fn duration_exits_cleanly_with_a_final_flush() {
     )
     .len();
     assert_eq!(
-        attached, 2,
-        "sys_enter and sys_exit should be reported attached"
+        attached, 3,
+        "sys_enter, sys_exit and sched_switch should be reported attached"
     );
 }
 
