@@ -7,6 +7,11 @@
 //! so drift in the machine's speed spreads over all cases. The report gives
 //! the median per case, the cost added over no tracer, and the two target
 //! ratios; misses are reported, never turned into a failing exit code.
+//!
+//! Under the same tracer, `hostscope-workload pingpong N` times round trips
+//! between two threads pinned to one CPU (two context switches each): the
+//! cost of hostscope's `sched_switch` program, which the getppid loop never
+//! triggers, shows there.
 
 use std::{
     collections::VecDeque,
@@ -43,7 +48,13 @@ pub struct BenchArgs {
     /// getppid calls per measurement.
     #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub calls: u64,
+    /// Ping-pong round trips per measurement.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub round_trips: u64,
 }
+
+/// Samples of one workload, indexed by [`Case::index`].
+type Samples = [Vec<f64>; 4];
 
 /// What is attached while the loop runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +113,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         args.rounds,
         started.elapsed().as_secs_f64()
     );
-    print_report(args, &samples);
+    print_report(args, &samples[0]);
+    print_pingpong(args, &samples[1]);
     Ok(())
 }
 
@@ -118,29 +130,31 @@ fn find_syscount() -> Result<PathBuf> {
         )
 }
 
-/// Runs all rounds; returns ns/call samples indexed by [`Case::index`].
-fn measure(bins: &Binaries, args: &BenchArgs) -> Result<[Vec<f64>; 4]> {
-    let mut samples: [Vec<f64>; 4] = Default::default();
+/// Runs all rounds; returns the getppid (ns/call) and ping-pong (ns/round
+/// trip) samples.
+fn measure(bins: &Binaries, args: &BenchArgs) -> Result<[Samples; 2]> {
+    let mut samples: [Samples; 2] = Default::default();
     for round in 0..args.rounds {
         let mut order = Case::ALL;
         order.rotate_left(round as usize % Case::ALL.len());
         for case in order {
-            let ns = measure_case(bins, case, args.calls)
+            let [ns, rt] = measure_case(bins, case, args)
                 .with_context(|| format!("round {}: case `{}`", round + 1, case.name()))?;
             eprintln!(
-                "bench: round {}/{}: {:<24} {ns:>8.1} ns/call",
+                "bench: round {}/{}: {:<24} {ns:>8.1} ns/call {rt:>9.1} ns/round trip",
                 round + 1,
                 args.rounds,
                 case.name()
             );
-            samples[case.index()].push(ns);
+            samples[0][case.index()].push(ns);
+            samples[1][case.index()].push(rt);
         }
     }
     Ok(samples)
 }
 
-/// One measurement: start the case's tracer, run the loop, stop the tracer.
-fn measure_case(bins: &Binaries, case: Case, calls: u64) -> Result<f64> {
+/// One measurement: start the case's tracer, run both workloads, stop the tracer.
+fn measure_case(bins: &Binaries, case: Case, args: &BenchArgs) -> Result<[f64; 2]> {
     let tracer = match case {
         Case::None => None,
         Case::Floor => Some(Tracer::start(
@@ -172,23 +186,20 @@ fn measure_case(bins: &Binaries, case: Case, calls: u64) -> Result<f64> {
             libc::SIGINT,
         )?),
     };
-    let ns = getppid_loop(&bins.workload, calls);
+    let ns = workload(&bins.workload, "getppid-loop", args.calls);
+    let rt = workload(&bins.workload, "pingpong", args.round_trips);
     if let Some(tracer) = tracer {
         tracer.stop()?;
     }
-    ns
+    Ok([ns?, rt?])
 }
 
-/// Runs the workload's getppid loop and returns its mean ns per call.
-fn getppid_loop(workload: &Path, calls: u64) -> Result<f64> {
-    let out = util::output(
-        Command::new(workload)
-            .arg("getppid-loop")
-            .arg(calls.to_string()),
-    )?;
+/// Runs one of the workload's loops and returns the mean ns it printed.
+fn workload(workload: &Path, name: &str, n: u64) -> Result<f64> {
+    let out = util::output(Command::new(workload).arg(name).arg(n.to_string()))?;
     out.trim()
         .parse()
-        .with_context(|| format!("hostscope-workload printed {out:?}, not ns/call"))
+        .with_context(|| format!("hostscope-workload {name} printed {out:?}, not ns"))
 }
 
 /// A tracer running in the background while the loop runs. Reader threads
@@ -397,7 +408,7 @@ fn ratio(added: f64, base: f64) -> Option<f64> {
 }
 
 /// Prints the markdown report (table, ratios, command line) to stdout.
-fn print_report(args: &BenchArgs, samples: &[Vec<f64>; 4]) {
+fn print_report(args: &BenchArgs, samples: &Samples) {
     let stats = samples.each_ref().map(|s| Stats::of(s));
     let none = stats[Case::None.index()].median;
     let added = |c: Case| stats[c.index()].median - none;
@@ -444,6 +455,36 @@ fn print_report(args: &BenchArgs, samples: &[Vec<f64>; 4]) {
         SYSCOUNT_TARGET,
         false,
     );
+}
+
+/// The ping-pong table: context-switch-heavy work under each tracer.
+fn print_pingpong(args: &BenchArgs, samples: &Samples) {
+    let stats = samples.each_ref().map(|s| Stats::of(s));
+    let none = stats[Case::None.index()].median;
+    println!();
+    println!(
+        "Workload: `hostscope-workload pingpong {}` (two threads on one CPU, 2 context switches \
+         and 4 syscalls per round trip), median of {} rounds",
+        args.round_trips, args.rounds
+    );
+    println!();
+    println!("| case | median ns/round trip | min | max | added vs none |");
+    println!("|------|---------------------:|----:|----:|--------------:|");
+    for case in Case::ALL {
+        let s = stats[case.index()];
+        let add = if case == Case::None {
+            "-".to_owned()
+        } else {
+            format!("{:+.1}%", (s.median - none) / none * 100.0)
+        };
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {add} |",
+            case.name(),
+            s.median,
+            s.min,
+            s.max
+        );
+    }
 }
 
 /// One ratio line with its target and PASS/MISS.

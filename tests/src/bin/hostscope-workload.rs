@@ -12,6 +12,10 @@
 //!
 //! `hostscope-workload getppid-loop N` makes N `getppid` calls and prints the
 //! mean nanoseconds per call (for `cargo xtask bench`).
+//!
+//! `hostscope-workload pingpong N` bounces one byte N times between two
+//! threads over two pipes and prints the mean nanoseconds per round trip
+//! (four syscalls and two context switches each, both threads on one CPU).
 
 use std::{
     io::{BufRead, Write},
@@ -34,6 +38,10 @@ fn main() {
             let ns = t.elapsed().as_nanos() as f64 / n as f64;
             println!("{ns:.2}");
         }
+        Some("pingpong") => {
+            let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+            println!("{:.2}", pingpong(n));
+        }
         _ => {
             eprintln!(
                 "usage: hostscope-workload mix [--getppid N] [--sleeps K] [--sleep-ms M] [--ebadf F] [--enoent E] | getppid-loop N"
@@ -41,6 +49,48 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+fn pingpong(n: u64) -> f64 {
+    fn pipe() -> [i32; 2] {
+        let mut fds = [0i32; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        fds
+    }
+    // Both threads on one CPU: every round trip is two context switches,
+    // not two cross-CPU wake-ups (which on a VM cost ten times more and vary).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(libc::sched_getcpu().max(0) as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+    let (ping, pong) = (pipe(), pipe());
+    let bounce = |from: i32, to: i32| {
+        let mut b = [0u8; 1];
+        assert_eq!(unsafe { libc::read(from, b.as_mut_ptr().cast(), 1) }, 1);
+        assert_eq!(unsafe { libc::write(to, b.as_ptr().cast(), 1) }, 1);
+    };
+    let echo = std::thread::spawn(move || {
+        for _ in 0..n {
+            bounce(ping[0], pong[1]);
+        }
+    });
+    let t = Instant::now();
+    for _ in 0..n {
+        assert_eq!(unsafe { libc::write(ping[1], [1u8].as_ptr().cast(), 1) }, 1);
+        let mut b = [0u8; 1];
+        assert_eq!(unsafe { libc::read(pong[0], b.as_mut_ptr().cast(), 1) }, 1);
+    }
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    echo.join().unwrap();
+    for fd in ping.into_iter().chain(pong) {
+        unsafe { libc::close(fd) };
+    }
+    ns
 }
 
 fn flag(args: &[String], name: &str, default: u64) -> u64 {
