@@ -52,6 +52,10 @@ static SYSCALL_CPU_SLOT: PerCpuArray<CpuSlot> = PerCpuArray::with_max_entries(1,
 static SYSCALL_STATS: PerCpuHashMap<SyscallKey, SyscallStats> =
     PerCpuHashMap::with_max_entries(8192, 0);
 
+/// Name (`comm`) of each process with series, by tgid.
+#[map]
+static PROCESS_COMM: LruHashMap<u32, [u8; 16]> = LruHashMap::with_max_entries(8192, 0);
+
 /// Errors per (process, syscall, errno).
 #[map]
 static SYSCALL_ERRORS: PerCpuHashMap<SyscallErrorKey, u64> =
@@ -266,6 +270,7 @@ fn try_exit<const FAST: bool>(ret: i64) -> Result<(), ()> {
                 count_drop(drop_reason::STATS_MAP_FULL);
                 return Err(());
             }
+            remember_comm(tgid);
             SYSCALL_STATS.get_ptr_mut(key).ok_or(())?
         }
     };
@@ -303,6 +308,16 @@ fn try_exit<const FAST: bool>(ret: i64) -> Result<(), ()> {
         send_slow(start_ns, duration_ns, ret, pid_tgid, nr);
     }
     Ok(())
+}
+
+/// Cold path (a new series): the process's current name, for processes that
+/// exit before userspace can read /proc. Overwritten on each new series, so
+/// the name after an exec wins over the parent's from before it.
+#[inline(never)]
+fn remember_comm(tgid: u32) {
+    if let Ok(comm) = bpf_get_current_comm() {
+        let _ = PROCESS_COMM.insert(tgid, comm, 0);
+    }
 }
 
 #[inline(always)]

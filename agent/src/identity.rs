@@ -17,8 +17,9 @@ pub struct ProcessInfo {
     pub pid: u32,
     /// Base name of `/proc/<pid>/exe`'s target, else the kernel's `comm`.
     pub executable_name: String,
-    /// Start time in kernel clock ticks since boot (`/proc/<pid>/stat` field 22).
-    pub start_ticks: u64,
+    /// Start time in kernel clock ticks since boot (`/proc/<pid>/stat` field
+    /// 22); None when the process was gone before procfs could be read.
+    pub start_ticks: Option<u64>,
     /// Wall-clock creation time.
     pub creation_time_unix_nano: u64,
 }
@@ -82,14 +83,13 @@ impl ProcessCache {
         Some(info)
     }
 
-    /// Whether the process we know as `info` still runs (same pid, same start).
+    /// Whether the process we know as `info` still runs (same pid, same
+    /// start; for a process never read from procfs, any process with its pid).
     pub fn is_alive(&self, info: &ProcessInfo) -> bool {
-        read_start_ticks(info.pid) == Some(info.start_ticks)
-    }
-
-    /// Whether any process with this pid runs now.
-    pub fn pid_exists(pid: u32) -> bool {
-        std::path::Path::new(&format!("/proc/{pid}")).exists()
+        match info.start_ticks {
+            Some(ticks) => read_start_ticks(info.pid) == Some(ticks),
+            None => std::path::Path::new(&format!("/proc/{}", info.pid)).exists(),
+        }
     }
 
     /// Forgets a pid (after its process exited and was exported once more).
@@ -111,7 +111,7 @@ impl ProcessCache {
         Some(ProcessInfo {
             pid,
             executable_name,
-            start_ticks: stat.starttime,
+            start_ticks: Some(stat.starttime),
             creation_time_unix_nano: self.boot_unix_nano + since_boot_ns as u64,
         })
     }
@@ -186,7 +186,7 @@ mod tests {
         let info = ProcessInfo {
             pid: std::process::id(),
             executable_name: "x".into(),
-            start_ticks: u64::MAX,
+            start_ticks: Some(u64::MAX),
             creation_time_unix_nano: 0,
         };
         assert!(

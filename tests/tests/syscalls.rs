@@ -293,6 +293,67 @@ fn exact_counts_under_contention_and_migration() {
     }
 }
 
+/// A process that starts and exits between two exports keeps its name (from
+/// the kernel, since /proc no longer has it) and its exact counts, is
+/// exported once, and is then forgotten.
+#[test]
+fn short_lived_process_is_named_counted_and_then_forgotten() {
+    require_root();
+    let agent = Agent::start(&["--interval", "1.5", "--slow-threshold", "off"]);
+    // Start right after an export, so the whole life (~50 ms) falls inside
+    // one 1.5 s interval.
+    while agent
+        .next_line(Duration::from_secs(10))
+        .get("resourceMetrics")
+        .is_none()
+    {}
+    let mix = Mix {
+        getppid: 3_000,
+        ebadf: 2,
+        ..Mix::default()
+    };
+    let pid = {
+        let mut workload = Workload::spawn(mix);
+        workload.run();
+        workload.pid
+    }; // dropped: stdin closed, process reaped
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the workload should have exited"
+    );
+    let metrics_line = |agent: &Agent| loop {
+        let l = agent.next_line(Duration::from_secs(10));
+        if l.get("resourceMetrics").is_some() {
+            return l;
+        }
+    };
+    let first = metrics_line(&agent);
+    let second = metrics_line(&agent);
+    drop(agent.stop_with(libc::SIGTERM));
+
+    let (attrs, metrics) = otlp::process_metrics(&first, pid)
+        .unwrap_or_else(|| panic!("pid {pid} missing from the export after it exited"));
+    assert_eq!(
+        otlp::attr(&attrs, "process.executable.name"),
+        Some("hostscope-workl"),
+        "name from the kernel's comm (15 bytes): {attrs:?}"
+    );
+    assert_eq!(
+        histogram(&metrics, "getppid").count,
+        mix.getppid,
+        "getppid of the exited process"
+    );
+    assert_eq!(
+        errors(&metrics, "fchdir", "EBADF"),
+        mix.ebadf,
+        "fchdir errors of the exited process"
+    );
+    assert!(
+        otlp::process_metrics(&second, pid).is_none(),
+        "pid {pid} should be forgotten after its last export"
+    );
+}
+
 #[test]
 fn agent_does_not_measure_itself() {
     require_root();

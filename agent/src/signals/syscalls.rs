@@ -19,7 +19,7 @@ use std::{
 
 use aya::{
     Btf, Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
 };
 use hostscope_common::syscalls::{
     SlowSyscallEvent, SyscallErrorKey, SyscallKey, SyscallStats, drop_reason,
@@ -74,6 +74,7 @@ pub enum SyscallsError {
 pub struct Syscalls {
     stats: PerCpuHashMap<MapData, SyscallKey, SyscallStats>,
     errors: PerCpuHashMap<MapData, SyscallErrorKey, u64>,
+    comms: HashMap<MapData, u32, [u8; 16]>,
     drops: PerCpuArray<MapData, u64>,
     events: AsyncFd<RingBuf<MapData>>,
     pending: VecDeque<SlowSyscallEvent>,
@@ -150,6 +151,7 @@ impl Syscalls {
         Ok(Self {
             stats: take(ebpf, "SYSCALL_STATS")?,
             errors: take(ebpf, "SYSCALL_ERRORS")?,
+            comms: take(ebpf, "PROCESS_COMM")?,
             drops: take(ebpf, "SYSCALL_DROPS")?,
             // SAFETY: the RingBuf owns its map fd and is dropped with the AsyncFd.
             events: unsafe { AsyncFd::register(ring) }
@@ -226,10 +228,8 @@ impl Syscalls {
         let mut gone: HashSet<u32> = HashSet::new();
         let pids: BTreeSet<u32> = by_pid.keys().chain(errors_by_pid.keys()).copied().collect();
         for pid in pids {
-            let info = identity(cache, pid);
-            if !info.executable_name.is_empty() && !cache.is_alive(&info)
-                || info.executable_name.is_empty() && !ProcessCache::pid_exists(pid)
-            {
+            let info = self.identity(cache, pid);
+            if !cache.is_alive(&info) {
                 gone.insert(pid);
             }
             let w = Window {
@@ -278,10 +278,29 @@ impl Syscalls {
         self.forget(&gone, cache);
     }
 
+    /// Identity of `pid`: from procfs (cached), else, for a process that
+    /// exited before we looked, the name the kernel recorded for it.
+    fn identity(&self, cache: &mut ProcessCache, pid: u32) -> Arc<ProcessInfo> {
+        cache.get(pid).unwrap_or_else(|| {
+            let executable_name = self
+                .comms
+                .get(&pid, 0)
+                .map(|c| comm_str(&c))
+                .unwrap_or_default();
+            Arc::new(ProcessInfo {
+                pid,
+                executable_name,
+                start_ticks: None,
+                creation_time_unix_nano: 0,
+            })
+        })
+    }
+
     /// Turns queued slow syscalls into spans.
     fn spans(&mut self, mono_to_unix: i128, cache: &mut ProcessCache, out: &mut Collected) {
-        for ev in self.pending.drain(..) {
-            let info = identity(cache, ev.tgid);
+        let pending = std::mem::take(&mut self.pending);
+        for ev in pending {
+            let info = self.identity(cache, ev.tgid);
             let start = (ev.start_ns as i128 + mono_to_unix).max(0) as u64;
             let mut attributes = vec![
                 syscall_attr(ev.nr),
@@ -396,21 +415,10 @@ impl Syscalls {
             let _ = self.errors.remove(&k);
         }
         for pid in gone {
+            let _ = self.comms.remove(pid);
             cache.forget(*pid);
         }
     }
-}
-
-fn identity(cache: &mut ProcessCache, pid: u32) -> Arc<ProcessInfo> {
-    cache.get(pid).unwrap_or_else(|| {
-        // Gone before we could look: only the pid is known.
-        Arc::new(ProcessInfo {
-            pid,
-            executable_name: String::new(),
-            start_ticks: 0,
-            creation_time_unix_nano: 0,
-        })
-    })
 }
 
 fn sum_stats(values: &PerCpuValues<SyscallStats>) -> SyscallStats {
