@@ -79,16 +79,20 @@ fn full_stats_map_counts_every_dropped_call() {
             )
             .map(|p| ExpHistogram::from_point(p).count)
         });
-    match counted {
-        // The workload got a series: then its count is exact.
-        Some(n) => assert_eq!(n, mix.getppid, "getppid series present but not exact"),
-        // No series: every call must show up as a drop.
-        None => assert!(
-            drops >= mix.getppid,
-            "getppid had no series, so its {} calls must be counted as dropped; dropped={drops}",
-            mix.getppid
-        ),
-    }
+    // Usually the workload never gets a series and all its calls are drops.
+    // If an exited process's series were reclaimed mid-loop, the rest of the
+    // calls were counted instead: either way, every call is one or the other.
+    let counted = counted.unwrap_or(0);
+    assert!(
+        counted <= mix.getppid,
+        "counted {counted} getppid calls, made {}",
+        mix.getppid
+    );
+    assert!(
+        counted + drops >= mix.getppid,
+        "each of the {} getppid calls must be counted or dropped: counted {counted}, dropped {drops}",
+        mix.getppid
+    );
     assert!(
         drops > 0,
         "16 series cannot hold a whole host's syscalls; expected drops, saw 0 (entries {entries})"
