@@ -12,12 +12,12 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans},
 };
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::{
-    config::{Config, ExporterKind},
+    config::Config,
     ebpf::{self, LoadSettings},
-    export::{Exporter, stdout::StdoutExporter},
+    export::Exporters,
     identity::{self, HostInfo, ProcessCache, ProcessInfo},
     otlp::{self, Window},
     signals::{Collected, syscalls::Syscalls},
@@ -30,7 +30,7 @@ pub struct Agent {
     cfg: Config,
     host: HostInfo,
     cache: ProcessCache,
-    exporters: Vec<Box<dyn Exporter>>,
+    exporters: Exporters,
     /// Keeps the programs attached; dropping it detaches them.
     _ebpf: Option<Ebpf>,
     syscalls: Option<Syscalls>,
@@ -44,13 +44,7 @@ impl Agent {
     /// line and the rest keeps running.
     pub fn start(cfg: Config) -> Self {
         let started_unix_nano = identity::now_unix_nano();
-        let exporters = cfg
-            .exporters
-            .iter()
-            .map(|kind| match kind {
-                ExporterKind::Stdout => Box::new(StdoutExporter::new()) as Box<dyn Exporter>,
-            })
-            .collect();
+        let exporters = Exporters::start(&cfg);
         let mut agent = Self {
             host: HostInfo::read(),
             cache: ProcessCache::new(),
@@ -162,6 +156,8 @@ impl Agent {
             let _ = tokio::time::timeout(Duration::from_millis(50), s.drain_events()).await;
         }
         self.export_interval();
+        let deadline = std::time::Instant::now() + self.cfg.shutdown_timeout;
+        self.exporters.shutdown(deadline).await;
         Ok(())
     }
 
@@ -173,14 +169,7 @@ impl Agent {
             s.collect(now, mono_to_unix, &mut self.cache, &mut collected);
         }
         let (metrics, traces) = self.requests(now, collected);
-        for exporter in &mut self.exporters {
-            if let Err(e) = exporter.export_metrics(&metrics) {
-                warn!("{e}");
-            }
-            if let Err(e) = exporter.export_traces(&traces) {
-                warn!("{e}");
-            }
-        }
+        self.exporters.export(metrics, traces);
     }
 
     fn host_attributes(&self) -> Vec<KeyValue> {
@@ -238,6 +227,7 @@ impl Agent {
                 })
                 .collect(),
         ));
+        agent_metrics.extend(self.exporters.self_metrics(w));
         let mut agent_attrs = self.host_attributes();
         agent_attrs.push(otlp::kv_str("service.name", "hostscope"));
         agent_attrs.push(otlp::kv_str("service.version", env!("CARGO_PKG_VERSION")));

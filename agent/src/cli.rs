@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ExporterKind, HookPreference, SyscallsConfig};
+use crate::config::{
+    Config, ConfigError, Env, ExporterKind, HookPreference, SyscallsConfig, exporters_from_env,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,9 +36,14 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Where to send measurements (repeatable).
-    #[arg(long = "exporter", value_enum, default_values_t = [ExporterKind::Stdout])]
+    /// Where to send metrics and traces (repeatable). Without it,
+    /// OTEL_METRICS_EXPORTER and OTEL_TRACES_EXPORTER decide (default otlp).
+    #[arg(long = "exporter", value_enum)]
     pub exporters: Vec<ExporterKind>,
+    /// Bytes each OTLP signal may queue while the collector is slow or down;
+    /// beyond it the oldest data is dropped (and counted).
+    #[arg(long, default_value_t = Config::default().export_queue_bytes)]
+    pub export_queue_bytes: usize,
     /// Tracepoint programs to attach: BTF tracepoints with a raw-tracepoint
     /// fallback (auto), or only one kind.
     #[arg(long, value_enum, default_value_t = HookPreference::Auto)]
@@ -75,13 +82,37 @@ pub struct RunArgs {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Threshold(pub Option<Duration>);
 
-impl From<RunArgs> for Config {
-    fn from(a: RunArgs) -> Self {
+impl RunArgs {
+    /// The configuration these flags and the environment describe. Flags win
+    /// over OTEL_* variables.
+    pub fn into_config(self, env: Env) -> Result<Config, ConfigError> {
+        let (metrics_exporters, traces_exporters) = if self.exporters.is_empty() {
+            (
+                exporters_from_env("OTEL_METRICS_EXPORTER", env)?,
+                exporters_from_env("OTEL_TRACES_EXPORTER", env)?,
+            )
+        } else {
+            let e = dedup(self.exporters.clone());
+            (e.clone(), e)
+        };
+        let mut cfg = self.into_config_with(metrics_exporters, traces_exporters);
+        cfg.resolve_otlp(env)?;
+        Ok(cfg)
+    }
+
+    fn into_config_with(
+        self,
+        metrics_exporters: Vec<ExporterKind>,
+        traces_exporters: Vec<ExporterKind>,
+    ) -> Config {
+        let a = self;
         let defaults = Config::default();
         Config {
             interval: a.interval,
             duration: a.duration,
-            exporters: dedup(a.exporters),
+            metrics_exporters,
+            traces_exporters,
+            export_queue_bytes: a.export_queue_bytes,
             hook_type: a.hook_type,
             syscalls: SyscallsConfig {
                 enabled: !a.no_syscalls,
@@ -93,6 +124,7 @@ impl From<RunArgs> for Config {
                 max_inflight_threads: a.max_inflight_threads,
                 ..defaults.syscalls
             },
+            ..defaults
         }
     }
 }
@@ -154,11 +186,13 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("expected run")
         };
-        let c = Config::from(args);
+        let c = args.into_config(&|_| None).unwrap();
         assert_eq!(c.interval, Duration::from_millis(500));
         assert_eq!(c.duration, Some(Duration::from_secs(3)));
         assert_eq!(c.syscalls.slow_threshold, Some(Duration::from_millis(20)));
-        assert_eq!(c.exporters, vec![ExporterKind::Stdout]);
+        assert_eq!(c.metrics_exporters, vec![ExporterKind::Stdout]);
+        assert_eq!(c.traces_exporters, vec![ExporterKind::Stdout]);
+        assert_eq!(c.otlp_metrics, None);
     }
 
     #[test]

@@ -4,12 +4,67 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::export::otlp_config::{OtlpConfigError, Signal, SignalConfig};
+
+/// Reads one environment variable (a function, so tests can supply their own).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Exporters named by `OTEL_METRICS_EXPORTER` / `OTEL_TRACES_EXPORTER`
+/// (comma-separated; default `otlp`).
+pub fn exporters_from_env(var: &'static str, env: Env) -> Result<Vec<ExporterKind>, ConfigError> {
+    let Some(value) = env(var).filter(|v| !v.trim().is_empty()) else {
+        return Ok(vec![ExporterKind::Otlp]);
+    };
+    let mut out = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        let kind = match name {
+            "otlp" => ExporterKind::Otlp,
+            "console" => ExporterKind::Stdout,
+            "none" => continue,
+            "prometheus" => {
+                return Err(ConfigError::Env {
+                    var,
+                    value: value.clone(),
+                    reason: "the prometheus exporter is not available yet",
+                });
+            }
+            _ => {
+                return Err(ConfigError::Env {
+                    var,
+                    value: value.clone(),
+                    reason: "expected otlp, console or none",
+                });
+            }
+        };
+        if !out.contains(&kind) {
+            out.push(kind);
+        }
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Reads the OTLP settings of the signals that go to OTLP.
+    pub fn resolve_otlp(&mut self, env: Env) -> Result<(), ConfigError> {
+        if self.metrics_exporters.contains(&ExporterKind::Otlp) {
+            self.otlp_metrics = Some(SignalConfig::from_env(Signal::Metrics, env)?);
+        }
+        if self.traces_exporters.contains(&ExporterKind::Otlp) {
+            self.otlp_traces = Some(SignalConfig::from_env(Signal::Traces, env)?);
+        }
+        Ok(())
+    }
+}
+
 /// Where measurements go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExporterKind {
     /// One line of OTLP/JSON per interval on standard output (the protobuf
     /// JSON mapping, as the OpenTelemetry Collector's file exporter writes it).
+    #[value(alias = "console")]
     Stdout,
+    /// OTLP over gRPC or HTTP, configured by the OTEL_EXPORTER_OTLP_* variables.
+    Otlp,
 }
 
 /// Which kind of tracepoint program to attach.
@@ -31,7 +86,15 @@ pub struct Config {
     pub interval: Duration,
     /// Stop after this long (None: run until SIGINT/SIGTERM).
     pub duration: Option<Duration>,
-    pub exporters: Vec<ExporterKind>,
+    pub metrics_exporters: Vec<ExporterKind>,
+    pub traces_exporters: Vec<ExporterKind>,
+    /// OTLP settings per signal, when that signal goes to OTLP.
+    pub otlp_metrics: Option<SignalConfig>,
+    pub otlp_traces: Option<SignalConfig>,
+    /// Bound of each OTLP signal's queue between measuring and sending.
+    pub export_queue_bytes: usize,
+    /// How long SIGTERM/SIGINT may wait for queued data to be sent.
+    pub shutdown_timeout: Duration,
     pub hook_type: HookPreference,
     pub syscalls: SyscallsConfig,
 }
@@ -63,7 +126,12 @@ impl Default for Config {
         Self {
             interval: Duration::from_secs(10),
             duration: None,
-            exporters: vec![ExporterKind::Stdout],
+            metrics_exporters: vec![ExporterKind::Otlp],
+            traces_exporters: vec![ExporterKind::Otlp],
+            otlp_metrics: None,
+            otlp_traces: None,
+            export_queue_bytes: 8 << 20,
+            shutdown_timeout: Duration::from_secs(5),
             hook_type: HookPreference::Auto,
             syscalls: SyscallsConfig::default(),
         }
@@ -99,8 +167,16 @@ pub enum ConfigError {
         min: u64,
         max: u64,
     },
-    #[error("at least one --exporter is needed")]
+    #[error("no exporter: metrics and traces are both set to none")]
     NoExporter,
+    #[error("{var}={value:?}: {reason}")]
+    Env {
+        var: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error(transparent)]
+    Otlp(#[from] OtlpConfigError),
 }
 
 impl Config {
@@ -114,9 +190,15 @@ impl Config {
         {
             return Err(ConfigError::RunDuration(d));
         }
-        if self.exporters.is_empty() {
+        if self.metrics_exporters.is_empty() && self.traces_exporters.is_empty() {
             return Err(ConfigError::NoExporter);
         }
+        range(
+            "--export-queue-bytes",
+            self.export_queue_bytes as u64,
+            4096,
+            1 << 32,
+        )?;
         let s = &self.syscalls;
         range(
             "--slow-events-per-cpu",

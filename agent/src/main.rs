@@ -14,10 +14,7 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::{
-    cli::{Cli, Command},
-    config::Config,
-};
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -38,7 +35,14 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => {
-            let cfg = Config::from(args);
+            let env = |name: &str| std::env::var(name).ok();
+            let cfg = match args.into_config(&env) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             if let Err(e) = cfg.validate() {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);

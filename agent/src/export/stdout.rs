@@ -6,12 +6,9 @@
 
 use std::io::Write;
 
-use opentelemetry_proto::tonic::collector::{
-    metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest,
-};
 use serde::Serialize;
 
-use super::{ExportError, Exporter};
+use super::ExportError;
 
 pub struct StdoutExporter<W: Write> {
     out: W,
@@ -26,7 +23,8 @@ impl StdoutExporter<std::io::Stdout> {
 }
 
 impl<W: Write> StdoutExporter<W> {
-    fn write_line(&mut self, value: &impl Serialize) -> Result<(), ExportError> {
+    /// Writes one request as a JSON line and flushes.
+    pub fn write(&mut self, value: &impl Serialize) -> Result<(), ExportError> {
         let mut line = serde_json::to_vec(value).map_err(|source| ExportError::Encode {
             exporter: "stdout",
             source,
@@ -38,18 +36,5 @@ impl<W: Write> StdoutExporter<W> {
         };
         self.out.write_all(&line).map_err(io)?;
         self.out.flush().map_err(io)
-    }
-}
-
-impl<W: Write> Exporter for StdoutExporter<W> {
-    fn export_metrics(&mut self, req: &ExportMetricsServiceRequest) -> Result<(), ExportError> {
-        self.write_line(req)
-    }
-
-    fn export_traces(&mut self, req: &ExportTraceServiceRequest) -> Result<(), ExportError> {
-        if req.resource_spans.is_empty() {
-            return Ok(());
-        }
-        self.write_line(req)
     }
 }

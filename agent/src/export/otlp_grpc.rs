@@ -1,0 +1,171 @@
+//! OTLP over gRPC: the official `MetricsService`/`TraceService` clients from
+//! `opentelemetry-proto`, on a lazily connecting tonic channel that reconnects
+//! by itself when a collector comes back.
+
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::metrics_service_client::MetricsServiceClient,
+    trace::v1::trace_service_client::TraceServiceClient,
+};
+use tonic::{
+    Code, Request, Status,
+    codec::CompressionEncoding,
+    metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap},
+    transport::{Channel, Endpoint},
+};
+use tonic_types::StatusExt as _;
+
+use super::{
+    otlp::{Accepted, Payload, SendError},
+    otlp_config::SignalConfig,
+};
+
+pub struct GrpcTransport {
+    channel: Channel,
+    metadata: MetadataMap,
+    gzip: bool,
+    timeout: std::time::Duration,
+}
+
+impl GrpcTransport {
+    pub fn new(cfg: &SignalConfig) -> Result<Self, String> {
+        if cfg.endpoint.starts_with("https://") {
+            return Err(format!(
+                "{}: TLS for OTLP/gRPC is not supported yet; use http:// (or OTLP/HTTP)",
+                cfg.endpoint
+            ));
+        }
+        let endpoint = Endpoint::from_shared(cfg.endpoint.clone())
+            .map_err(|e| format!("OTLP gRPC endpoint {:?}: {e}", cfg.endpoint))?
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout);
+        let mut metadata = MetadataMap::new();
+        for (k, v) in &cfg.headers {
+            let key = AsciiMetadataKey::from_bytes(k.as_bytes())
+                .map_err(|e| format!("OTLP header name {k:?}: {e}"))?;
+            let value = AsciiMetadataValue::try_from(v.as_str())
+                .map_err(|e| format!("OTLP header {k} value: {e}"))?;
+            metadata.insert(key, value);
+        }
+        Ok(Self {
+            channel: endpoint.connect_lazy(),
+            metadata,
+            gzip: cfg.gzip,
+            timeout: cfg.timeout,
+        })
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        *req.metadata_mut() = self.metadata.clone();
+        req.set_timeout(self.timeout);
+        req
+    }
+
+    pub async fn send(&mut self, p: &Payload) -> Result<Accepted, SendError> {
+        let result = match p {
+            Payload::Metrics(m) => {
+                let mut client = MetricsServiceClient::new(self.channel.clone());
+                if self.gzip {
+                    client = client.send_compressed(CompressionEncoding::Gzip);
+                }
+                client
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .export(self.request(m.clone()))
+                    .await
+                    .map(|r| {
+                        let ps = r.into_inner().partial_success.unwrap_or_default();
+                        Accepted {
+                            rejected: ps.rejected_data_points.max(0) as u64,
+                            message: ps.error_message,
+                        }
+                    })
+            }
+            Payload::Traces(t) => {
+                let mut client = TraceServiceClient::new(self.channel.clone());
+                if self.gzip {
+                    client = client.send_compressed(CompressionEncoding::Gzip);
+                }
+                client
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .export(self.request(t.clone()))
+                    .await
+                    .map(|r| {
+                        let ps = r.into_inner().partial_success.unwrap_or_default();
+                        Accepted {
+                            rejected: ps.rejected_spans.max(0) as u64,
+                            message: ps.error_message,
+                        }
+                    })
+            }
+        };
+        result.map_err(classify)
+    }
+}
+
+/// The OTLP spec's retryable gRPC codes; RESOURCE_EXHAUSTED only when the
+/// server says when to retry (RetryInfo), which is honoured for any code.
+fn classify(status: Status) -> SendError {
+    let after = status.get_details_retry_info().and_then(|r| r.retry_delay);
+    let reason = format!("gRPC {:?}: {}", status.code(), status.message());
+    let retryable = match status.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => true,
+        Code::ResourceExhausted => after.is_some(),
+        _ => false,
+    };
+    if retryable {
+        SendError::Retryable { reason, after }
+    } else {
+        SendError::Permanent(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tonic_types::ErrorDetails;
+
+    #[test]
+    fn retryable_codes_follow_the_spec() {
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::DataLoss,
+        ] {
+            assert!(
+                matches!(
+                    classify(Status::new(code, "x")),
+                    SendError::Retryable { after: None, .. }
+                ),
+                "{code:?}"
+            );
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+        ] {
+            assert!(
+                matches!(classify(Status::new(code, "x")), SendError::Permanent(_)),
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_info_is_honoured_and_makes_resource_exhausted_retryable() {
+        let details = ErrorDetails::with_retry_info(Some(Duration::from_secs(3)));
+        let status = Status::with_error_details(Code::ResourceExhausted, "slow down", details);
+        match classify(status) {
+            SendError::Retryable { after, .. } => assert_eq!(after, Some(Duration::from_secs(3))),
+            other => panic!("expected retryable, got {other:?}"),
+        }
+    }
+}
