@@ -172,11 +172,19 @@ impl Agent {
         self.exporters.export(metrics, traces);
     }
 
+    /// Host attributes plus the user's OTEL_RESOURCE_ATTRIBUTES (except
+    /// `service.*`, which describe the agent), on every resource.
     fn host_attributes(&self) -> Vec<KeyValue> {
-        vec![
+        let mut attrs = vec![
             otlp::kv_str("host.name", self.host.name.clone()),
             otlp::kv_str("os.type", "linux"),
-        ]
+        ];
+        for (k, v) in &self.cfg.resource_attributes {
+            if !k.starts_with("service.") && !attrs.iter().any(|a| &a.key == k) {
+                attrs.push(otlp::kv_str(k, v.clone()));
+            }
+        }
+        attrs
     }
 
     fn process_attributes(&self, info: &ProcessInfo) -> Vec<KeyValue> {
@@ -229,7 +237,12 @@ impl Agent {
         ));
         agent_metrics.extend(self.exporters.self_metrics(w));
         let mut agent_attrs = self.host_attributes();
-        agent_attrs.push(otlp::kv_str("service.name", "hostscope"));
+        agent_attrs.push(otlp::kv_str("service.name", self.cfg.service_name.clone()));
+        for (k, v) in &self.cfg.resource_attributes {
+            if k.starts_with("service.") && k != "service.name" && k != "service.version" {
+                agent_attrs.push(otlp::kv_str(k, v.clone()));
+            }
+        }
         agent_attrs.push(otlp::kv_str("service.version", env!("CARGO_PKG_VERSION")));
         agent_attrs.push(otlp::kv_int("process.pid", std::process::id().into()));
         resource_metrics.push(otlp::resource_metrics(agent_attrs, agent_metrics));

@@ -97,6 +97,7 @@ impl RunArgs {
         };
         let mut cfg = self.into_config_with(metrics_exporters, traces_exporters);
         cfg.resolve_otlp(env)?;
+        cfg.resolve_resource(env)?;
         Ok(cfg)
     }
 

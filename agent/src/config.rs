@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::export::otlp_config::{OtlpConfigError, Signal, SignalConfig};
+use crate::export::otlp_config::{OtlpConfigError, Signal, SignalConfig, parse_key_values};
 
 /// Reads one environment variable (a function, so tests can supply their own).
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -44,6 +44,28 @@ pub fn exporters_from_env(var: &'static str, env: Env) -> Result<Vec<ExporterKin
 }
 
 impl Config {
+    /// Reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME.
+    pub fn resolve_resource(&mut self, env: Env) -> Result<(), ConfigError> {
+        if let Some(v) = env("OTEL_RESOURCE_ATTRIBUTES").filter(|v| !v.trim().is_empty()) {
+            self.resource_attributes = parse_key_values(&v).ok_or(ConfigError::Env {
+                var: "OTEL_RESOURCE_ATTRIBUTES",
+                value: v.clone(),
+                reason: "expected comma-separated key=value pairs (values URL-encoded)",
+            })?;
+        }
+        if let Some((_, name)) = self
+            .resource_attributes
+            .iter()
+            .find(|(k, _)| k == "service.name")
+        {
+            self.service_name = name.clone();
+        }
+        if let Some(name) = env("OTEL_SERVICE_NAME").filter(|v| !v.trim().is_empty()) {
+            self.service_name = name.trim().to_string();
+        }
+        Ok(())
+    }
+
     /// Reads the OTLP settings of the signals that go to OTLP.
     pub fn resolve_otlp(&mut self, env: Env) -> Result<(), ConfigError> {
         if self.metrics_exporters.contains(&ExporterKind::Otlp) {
@@ -97,6 +119,12 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub hook_type: HookPreference,
     pub syscalls: SyscallsConfig,
+    /// From OTEL_RESOURCE_ATTRIBUTES: added to every resource, except
+    /// `service.*` keys, which describe the agent and go on its resource only.
+    pub resource_attributes: Vec<(String, String)>,
+    /// `service.name` of the agent's resource (OTEL_SERVICE_NAME wins over
+    /// OTEL_RESOURCE_ATTRIBUTES).
+    pub service_name: String,
 }
 
 /// Settings of the syscalls signal.
@@ -134,6 +162,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             hook_type: HookPreference::Auto,
             syscalls: SyscallsConfig::default(),
+            resource_attributes: Vec::new(),
+            service_name: "hostscope".to_string(),
         }
     }
 }
@@ -245,6 +275,35 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn resource_attributes_and_service_name() {
+        let vars = [
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=prod,service.name=from-attrs,team=a%2Cb",
+            ),
+            ("OTEL_SERVICE_NAME", "agent-1"),
+        ];
+        let env = |n: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        };
+        let mut c = Config::default();
+        c.resolve_resource(&env).unwrap();
+        assert_eq!(c.service_name, "agent-1");
+        assert!(
+            c.resource_attributes
+                .contains(&("team".into(), "a,b".into()))
+        );
+        let bad = |n: &str| (n == "OTEL_RESOURCE_ATTRIBUTES").then(|| "novalue".to_string());
+        let err = Config::default()
+            .resolve_resource(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("OTEL_RESOURCE_ATTRIBUTES"), "{err}");
     }
 
     #[test]

@@ -169,7 +169,22 @@ impl SignalConfig {
     }
 }
 
-/// `k1=v1,k2=v2` with URL-encoded values (W3C Baggage-like, as the spec says).
+/// `k1=v1,k2=v2` with URL-encoded values (W3C Baggage-like, as the spec says),
+/// as used by OTEL_EXPORTER_OTLP_HEADERS and OTEL_RESOURCE_ATTRIBUTES.
+pub fn parse_key_values(s: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=')?;
+        let k = k.trim();
+        if k.is_empty() {
+            return None;
+        }
+        out.push((k.to_string(), percent_decode(v.trim())?));
+    }
+    Some(out)
+}
+
+/// Headers: key=value pairs with token-like, lower-cased names.
 fn parse_headers(s: &str) -> Option<Vec<(String, String)>> {
     let mut out = Vec::new();
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
