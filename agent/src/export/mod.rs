@@ -1,6 +1,7 @@
 //! Exporters: where each interval's OTLP requests go. Stdout writes at once;
 //! OTLP queues (bounded) and sends from a worker per signal.
 
+pub mod delta;
 pub mod otlp;
 pub mod otlp_config;
 pub mod otlp_grpc;
@@ -17,6 +18,7 @@ use thiserror::Error;
 use tracing::warn;
 
 use self::{
+    delta::{DeltaConverter, Temporality},
     otlp::{Payload, SignalExporter},
     stdout::StdoutExporter,
 };
@@ -48,6 +50,8 @@ pub struct Exporters {
     stdout_traces: bool,
     otlp_metrics: Option<SignalExporter>,
     otlp_traces: Option<SignalExporter>,
+    temporality: Temporality,
+    delta: DeltaConverter,
 }
 
 impl Exporters {
@@ -69,6 +73,11 @@ impl Exporters {
             stdout_traces,
             otlp_metrics: otlp(&cfg.otlp_metrics),
             otlp_traces: otlp(&cfg.otlp_traces),
+            temporality: cfg
+                .otlp_metrics
+                .as_ref()
+                .map_or(Temporality::Cumulative, |c| c.temporality),
+            delta: DeltaConverter::default(),
         }
     }
 
@@ -93,6 +102,8 @@ impl Exporters {
             }
         }
         if let Some(o) = &self.otlp_metrics {
+            let mut metrics = metrics;
+            self.delta.convert(&mut metrics, self.temporality);
             o.submit(Payload::Metrics(metrics));
         }
         if let Some(o) = &self.otlp_traces

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use super::delta::Temporality;
+
 /// Wire protocol of an OTLP exporter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -56,6 +58,8 @@ pub struct SignalConfig {
     pub headers: Vec<(String, String)>,
     pub gzip: bool,
     pub timeout: Duration,
+    /// Metrics only: OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE.
+    pub temporality: Temporality,
 }
 
 /// A variable that does not hold a usable value, named with what it held.
@@ -158,7 +162,22 @@ impl SignalConfig {
                 _ => return Err(invalid((n, v), "a positive number of milliseconds")),
             },
         };
+        let temporality = match env("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
+            .filter(|v| !v.trim().is_empty())
+        {
+            None => Temporality::Cumulative,
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "cumulative" => Temporality::Cumulative,
+                "delta" => Temporality::Delta,
+                "lowmemory" => Temporality::LowMemory,
+                _ => {
+                    let n = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE".to_string();
+                    return Err(invalid((n, v), "cumulative, delta or lowmemory"));
+                }
+            },
+        };
         Ok(SignalConfig {
+            temporality,
             signal,
             protocol,
             endpoint,
