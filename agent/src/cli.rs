@@ -48,9 +48,10 @@ pub struct RunArgs {
     /// fallback (auto), or only one kind.
     #[arg(long, value_enum, default_value_t = HookPreference::Auto)]
     pub hook_type: HookPreference,
-    /// Seconds between exports.
-    #[arg(long, value_parser = parse_seconds, default_value = "10")]
-    pub interval: Duration,
+    /// Seconds between exports (default: OTEL_METRIC_EXPORT_INTERVAL in
+    /// milliseconds, else 10 s).
+    #[arg(long, value_parser = parse_seconds)]
+    pub interval: Option<Duration>,
     /// Exit cleanly after this many seconds, flushing the last interval.
     #[arg(long, value_parser = parse_seconds)]
     pub duration: Option<Duration>,
@@ -95,7 +96,24 @@ impl RunArgs {
             let e = dedup(self.exporters.clone());
             (e.clone(), e)
         };
+        let interval = match self.interval {
+            Some(i) => i,
+            None => match env("OTEL_METRIC_EXPORT_INTERVAL").filter(|v| !v.trim().is_empty()) {
+                None => Config::default().interval,
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                    _ => {
+                        return Err(ConfigError::Env {
+                            var: "OTEL_METRIC_EXPORT_INTERVAL",
+                            value: v,
+                            reason: "expected a positive number of milliseconds",
+                        });
+                    }
+                },
+            },
+        };
         let mut cfg = self.into_config_with(metrics_exporters, traces_exporters);
+        cfg.interval = interval;
         cfg.resolve_otlp(env)?;
         cfg.resolve_resource(env)?;
         Ok(cfg)
@@ -109,7 +127,6 @@ impl RunArgs {
         let a = self;
         let defaults = Config::default();
         Config {
-            interval: a.interval,
             duration: a.duration,
             metrics_exporters,
             traces_exporters,
