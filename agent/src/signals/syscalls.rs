@@ -13,7 +13,7 @@
 //! Self-telemetry: `hostscope.agent.dropped` by reason, map fill, slow events.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet, VecDeque},
     sync::Arc,
 };
 
@@ -26,6 +26,7 @@ use hostscope_common::syscalls::{
 };
 use opentelemetry_proto::tonic::{
     common::v1::KeyValue,
+    metrics::v1::{Exemplar, exemplar},
     trace::v1::{Span, span::SpanKind},
 };
 use thiserror::Error;
@@ -39,6 +40,9 @@ use crate::{
     otlp::{self, Window},
     signals::Collected,
 };
+
+/// Exemplars (links to slow-syscall spans) per histogram point and interval.
+const MAX_EXEMPLARS: usize = 4;
 
 /// Slow-syscall events kept between two exports; beyond it they are dropped
 /// and counted.
@@ -225,6 +229,7 @@ impl Syscalls {
             ));
         }
 
+        let mut exemplars = self.spans(mono_to_unix, cache, out);
         let mut gone: HashSet<u32> = HashSet::new();
         let pids: BTreeSet<u32> = by_pid.keys().chain(errors_by_pid.keys()).copied().collect();
         for pid in pids {
@@ -241,13 +246,15 @@ impl Syscalls {
                 let points = stats
                     .iter()
                     .map(|(nr, s)| {
-                        otlp::exp_histogram_point(
+                        let mut p = otlp::exp_histogram_point(
                             vec![syscall_attr(*nr)],
                             w,
                             s.count,
                             s.sum_ns,
                             &s.slots,
-                        )
+                        );
+                        p.exemplars = exemplars.remove(&(pid, *nr)).unwrap_or_default();
+                        p
                     })
                     .collect();
                 batch.metrics.push(otlp::exp_histogram_metric(
@@ -273,7 +280,6 @@ impl Syscalls {
             }
         }
 
-        self.spans(mono_to_unix, cache, out);
         self.self_metrics(now_unix_nano, series, error_series, out);
         self.forget(&gone, cache);
     }
@@ -296,8 +302,16 @@ impl Syscalls {
         })
     }
 
-    /// Turns queued slow syscalls into spans.
-    fn spans(&mut self, mono_to_unix: i128, cache: &mut ProcessCache, out: &mut Collected) {
+    /// Turns queued slow syscalls into spans, and returns exemplars linking
+    /// them from their (process, syscall) histogram point: the slowest
+    /// `MAX_EXEMPLARS` per point.
+    fn spans(
+        &mut self,
+        mono_to_unix: i128,
+        cache: &mut ProcessCache,
+        out: &mut Collected,
+    ) -> StdHashMap<(u32, u32), Vec<Exemplar>> {
+        let mut exemplars: StdHashMap<(u32, u32), Vec<Exemplar>> = StdHashMap::new();
         let pending = std::mem::take(&mut self.pending);
         for ev in pending {
             let info = self.identity(cache, ev.tgid);
@@ -311,7 +325,7 @@ impl Syscalls {
             if (-4095..0).contains(&ev.ret) {
                 attributes.push(errno_attr((-ev.ret) as u32));
             }
-            out.process(&info).spans.push(Span {
+            let span = Span {
                 trace_id: random_bytes::<16>().to_vec(),
                 span_id: random_bytes::<8>().to_vec(),
                 name: syscall_name(ev.nr),
@@ -320,8 +334,29 @@ impl Syscalls {
                 end_time_unix_nano: start + ev.duration_ns,
                 attributes,
                 ..Default::default()
+            };
+            let list = exemplars.entry((ev.tgid, ev.nr)).or_default();
+            list.push(Exemplar {
+                time_unix_nano: span.end_time_unix_nano,
+                span_id: span.span_id.clone(),
+                trace_id: span.trace_id.clone(),
+                value: Some(exemplar::Value::AsDouble(ev.duration_ns as f64 / 1e9)),
+                ..Default::default()
             });
+            if list.len() > MAX_EXEMPLARS {
+                // Keep the slowest.
+                let fastest = list
+                    .iter()
+                    .enumerate()
+                    .min_by(|a, b| exemplar_value(a.1).total_cmp(&exemplar_value(b.1)))
+                    .map(|(i, _)| i);
+                if let Some(i) = fastest {
+                    list.swap_remove(i);
+                }
+            }
+            out.process(&info).spans.push(span);
         }
+        exemplars
     }
 
     fn self_metrics(&self, now: u64, series: u64, error_series: u64, out: &mut Collected) {
@@ -456,6 +491,14 @@ fn syscall_attr(nr: u32) -> KeyValue {
 
 fn errno_attr(errno: u32) -> KeyValue {
     otlp::kv_str("error.type", errno_name(errno))
+}
+
+fn exemplar_value(e: &Exemplar) -> f64 {
+    match e.value {
+        Some(exemplar::Value::AsDouble(v)) => v,
+        Some(exemplar::Value::AsInt(v)) => v as f64,
+        None => 0.0,
+    }
 }
 
 fn comm_str(comm: &[u8; 16]) -> String {
