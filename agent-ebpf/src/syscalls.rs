@@ -56,6 +56,10 @@ static SYSCALL_STATS: PerCpuHashMap<SyscallKey, SyscallStats> =
 #[map]
 static PROCESS_COMM: LruHashMap<u32, [u8; 16]> = LruHashMap::with_max_entries(8192, 0);
 
+/// One all-zero `SyscallStats`, the initial value of new series.
+#[map]
+static SYSCALL_STATS_ZERO: PerCpuArray<SyscallStats> = PerCpuArray::with_max_entries(1, 0);
+
 /// Errors per (process, syscall, errno).
 #[map]
 static SYSCALL_ERRORS: PerCpuHashMap<SyscallErrorKey, u64> =
@@ -270,7 +274,11 @@ fn try_exit<const FAST: bool>(ret: i64) -> Result<(), ()> {
     let stats = match SYSCALL_STATS.get_ptr_mut(key) {
         Some(stats) => stats,
         None => {
-            if SYSCALL_STATS.insert(key, SyscallStats::ZERO, 0).is_err() {
+            // The zero value comes from a map, not the stack: a 408-byte
+            // stack value takes older verifiers (before per-program private
+            // stacks in 6.13) over the 512-byte combined stack limit.
+            let zero = SYSCALL_STATS_ZERO.get(0).ok_or(())?;
+            if SYSCALL_STATS.insert(key, zero, 0).is_err() {
                 count_drop(drop_reason::STATS_MAP_FULL);
                 return Err(());
             }
