@@ -5,6 +5,7 @@
 
 mod bench;
 mod build_cmd;
+mod kernels;
 mod lint;
 mod run;
 mod setup;
@@ -37,6 +38,9 @@ enum Command {
     Lint,
     /// Set up, lint, build, unit tests, then the privileged integration tests.
     Test,
+    /// Boot other kernels (Debian 6.1, 6.1 PREEMPT_RT) under qemu and check
+    /// the agent loads, attaches and counts exactly there.
+    Kernels,
     /// Syscall-overhead benchmark: hostscope against no tracer, empty
     /// programs and `syscount -L`.
     Bench(bench::BenchArgs),
@@ -69,5 +73,10 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Test => test::run(),
         Command::Bench(args) => bench::run(&args),
+        Command::Kernels => {
+            setup::run()?;
+            build_cmd::build(false)?;
+            kernels::run()
+        }
     }
 }

@@ -18,7 +18,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests and the benchmark use: `syscount -L` (the
 /// reference peer in `cargo xtask bench`) and `bpftool`.
-const DEBIAN_PACKAGES: &[&str] = &["libbpf-tools", "bpftool"];
+const DEBIAN_PACKAGES: &[&str] = &[
+    "libbpf-tools",
+    "bpftool",
+    // `cargo xtask kernels`: boot other kernels with the agent in an initramfs.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+];
 
 /// Runs every setup step in order.
 pub fn run() -> Result<()> {

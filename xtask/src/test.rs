@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the command README and CI run. Setup, lint, debug
-//! build, unit tests, then the privileged integration tests against the
-//! built agent. Steps run in order and the first failure stops the run.
+//! build, unit tests, the privileged integration tests against the built
+//! agent, then the agent on other kernels (`cargo xtask kernels`). Steps run in order and the first failure stops the run.
 
 use std::time::Instant;
 
@@ -20,6 +20,7 @@ const STEPS: &[Step] = &[
     ("build (debug)", || build_cmd::build(false)),
     ("unit tests", unit_tests),
     ("privileged integration tests", integration_tests),
+    ("other kernels under qemu", crate::kernels::run),
 ];
 
 /// Runs every step, printing each as it starts with the elapsed time.
