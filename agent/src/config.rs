@@ -74,6 +74,14 @@ impl Config {
         if self.traces_exporters.contains(&ExporterKind::Otlp) {
             self.otlp_traces = Some(SignalConfig::from_env(Signal::Traces, env)?);
         }
+        for sc in [&self.otlp_metrics, &self.otlp_traces]
+            .into_iter()
+            .flatten()
+        {
+            if sc.endpoint.starts_with("https://") {
+                crate::export::otlp_tls::validate(&sc.tls).map_err(ConfigError::Tls)?;
+            }
+        }
         Ok(())
     }
 }
@@ -207,6 +215,8 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Otlp(#[from] OtlpConfigError),
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl Config {

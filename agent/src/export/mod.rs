@@ -6,6 +6,7 @@ pub mod otlp;
 pub mod otlp_config;
 pub mod otlp_grpc;
 pub mod otlp_http;
+pub mod otlp_tls;
 pub mod stdout;
 
 use std::{sync::atomic::Ordering::Relaxed, time::Instant};

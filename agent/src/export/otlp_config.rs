@@ -60,6 +60,18 @@ pub struct SignalConfig {
     pub timeout: Duration,
     /// Metrics only: OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE.
     pub temporality: Temporality,
+    /// PEM contents for TLS, read when the configuration is read.
+    pub tls: TlsFiles,
+}
+
+/// PEM files named by OTEL_EXPORTER_OTLP_CERTIFICATE (trusted CA),
+/// OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY
+/// (mutual TLS). Without a CA, the system's trusted roots are used.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TlsFiles {
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate chain and private key, both or neither.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A variable that does not hold a usable value, named with what it held.
@@ -176,7 +188,36 @@ impl SignalConfig {
                 }
             },
         };
+        let read = |suffix: &str| -> Result<Option<Vec<u8>>, OtlpConfigError> {
+            let Some((n, path)) = var(suffix) else {
+                return Ok(None);
+            };
+            std::fs::read(path.trim())
+                .map(Some)
+                .map_err(|e| OtlpConfigError::Invalid {
+                    var: n,
+                    value: path,
+                    expected: if e.kind() == std::io::ErrorKind::NotFound {
+                        "a readable PEM file (not found)"
+                    } else {
+                        "a readable PEM file"
+                    },
+                })
+        };
+        let ca = read("CERTIFICATE")?;
+        let client = match (read("CLIENT_CERTIFICATE")?, read("CLIENT_KEY")?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(OtlpConfigError::Invalid {
+                    var: "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE".into(),
+                    value: String::new(),
+                    expected: "to be set together with OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                });
+            }
+        };
         Ok(SignalConfig {
+            tls: TlsFiles { ca, client },
             temporality,
             signal,
             protocol,
@@ -312,6 +353,42 @@ mod tests {
             ]
         );
         assert_eq!(t.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn tls_files_are_read_and_paired() {
+        let dir = std::env::temp_dir().join(format!("hostscope-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, b"CA").unwrap();
+        let ca_s = ca.to_str().unwrap().to_string();
+        let c = SignalConfig::from_env(
+            Signal::Metrics,
+            &env(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca_s)]),
+        )
+        .unwrap();
+        assert_eq!(c.tls.ca.as_deref(), Some(&b"CA"[..]));
+        let err = SignalConfig::from_env(
+            Signal::Metrics,
+            &env(&[("OTEL_EXPORTER_OTLP_CLIENT_KEY", &ca_s)]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY"), "{err}");
+        let err = SignalConfig::from_env(
+            Signal::Traces,
+            &env(&[(
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                "/nonexistent/ca.pem",
+            )]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE") && err.contains("not found"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

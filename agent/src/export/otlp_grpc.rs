@@ -10,7 +10,7 @@ use tonic::{
     Code, Request, Status,
     codec::CompressionEncoding,
     metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap},
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 use tonic_types::StatusExt as _;
 
@@ -28,16 +28,23 @@ pub struct GrpcTransport {
 
 impl GrpcTransport {
     pub fn new(cfg: &SignalConfig) -> Result<Self, String> {
-        if cfg.endpoint.starts_with("https://") {
-            return Err(format!(
-                "{}: TLS for OTLP/gRPC is not supported yet; use http:// (or OTLP/HTTP)",
-                cfg.endpoint
-            ));
-        }
-        let endpoint = Endpoint::from_shared(cfg.endpoint.clone())
+        let mut endpoint = Endpoint::from_shared(cfg.endpoint.clone())
             .map_err(|e| format!("OTLP gRPC endpoint {:?}: {e}", cfg.endpoint))?
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout);
+        if cfg.endpoint.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            tls = match &cfg.tls.ca {
+                Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+                None => tls.with_native_roots(),
+            };
+            if let Some((cert, key)) = &cfg.tls.client {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("OTLP gRPC TLS: {e}"))?;
+        }
         let mut metadata = MetadataMap::new();
         for (k, v) in &cfg.headers {
             let key = AsciiMetadataKey::from_bytes(k.as_bytes())

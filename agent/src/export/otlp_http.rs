@@ -16,6 +16,7 @@ use reqwest::{
 use super::{
     otlp::{Accepted, Payload, SendError},
     otlp_config::SignalConfig,
+    otlp_tls,
 };
 
 pub struct HttpTransport {
@@ -26,12 +27,6 @@ pub struct HttpTransport {
 
 impl HttpTransport {
     pub fn new(cfg: &SignalConfig) -> Result<Self, String> {
-        if cfg.endpoint.starts_with("https://") {
-            return Err(format!(
-                "{}: TLS for OTLP/HTTP is not supported yet; use http://",
-                cfg.endpoint
-            ));
-        }
         let mut headers = HeaderMap::new();
         for (k, v) in &cfg.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
@@ -47,9 +42,13 @@ impl HttpTransport {
         if cfg.gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
-        let client = Client::builder()
+        let mut builder = Client::builder()
             .default_headers(headers)
-            .timeout(cfg.timeout)
+            .timeout(cfg.timeout);
+        if cfg.endpoint.starts_with("https://") {
+            builder = builder.tls_backend_preconfigured(otlp_tls::client_config(&cfg.tls)?);
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("OTLP HTTP client: {e}"))?;
         Ok(Self {
