@@ -16,7 +16,7 @@ use tracing::{error, info};
 
 use crate::{
     config::Config,
-    ebpf::{self, LoadSettings},
+    ebpf::{self, Attached, LoadSettings},
     export::Exporters,
     identity::{self, HostInfo, ProcessCache, ProcessInfo},
     otlp::{self, Window},
@@ -35,8 +35,8 @@ pub struct Agent {
     _ebpf: Option<Ebpf>,
     syscalls: Option<Syscalls>,
     started_unix_nano: u64,
-    /// (program, hook) of everything attached, for self-telemetry.
-    attached: Vec<(String, &'static str)>,
+    /// Everything attached, for self-telemetry.
+    attached: Vec<Attached>,
 }
 
 impl Agent {
@@ -97,23 +97,21 @@ impl Agent {
             self.started_unix_nano,
         ) {
             Ok(sc) => {
-                let [enter, exit] = sc.hooks;
+                let hook = |label: &str| {
+                    sc.programs
+                        .iter()
+                        .find(|p| p.label == label)
+                        .map_or("off", |p| p.hook.as_str())
+                };
                 info!(
-                    sys_enter = enter.as_str(),
-                    sys_exit = exit.as_str(),
-                    sched_switch = sc.switch_hook.map_or("off", |h| h.as_str()),
+                    sys_enter = hook("syscalls/sys_enter"),
+                    sys_exit = hook("syscalls/sys_exit"),
+                    sched_switch = hook("syscalls/sched_switch"),
                     max_series = stats_capacity,
                     kernel_bytes = stats_capacity as u64 * STATS_VALUE_BYTES * cpus,
                     "syscalls signal attached"
                 );
-                self.attached
-                    .push(("syscalls/sys_enter".into(), enter.as_str()));
-                self.attached
-                    .push(("syscalls/sys_exit".into(), exit.as_str()));
-                if let Some(switch) = sc.switch_hook {
-                    self.attached
-                        .push(("syscalls/sched_switch".into(), switch.as_str()));
-                }
+                self.attached.extend(sc.programs.iter().cloned());
                 self.syscalls = Some(sc);
             }
             Err(e) => error!("syscalls signal not attached: {e}"),
@@ -174,6 +172,38 @@ impl Agent {
 
     /// Host attributes plus the user's OTEL_RESOURCE_ATTRIBUTES (except
     /// `service.*`, which describe the agent), on every resource.
+    /// Kernel run count and time of each attached program, when the kernel
+    /// keeps them (`sysctl kernel.bpf_stats_enabled=1`; off by default since
+    /// it costs a little on every run).
+    fn program_run_stats(&self, w: Window) -> Vec<opentelemetry_proto::tonic::metrics::v1::Metric> {
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|s| s.trim() == "1");
+        let Some(obj) = self._ebpf.as_ref().filter(|_| enabled) else {
+            return Vec::new();
+        };
+        let (mut counts, mut times) = (Vec::new(), Vec::new());
+        for a in &self.attached {
+            if let Some((count, time)) = ebpf::run_stats(obj, &a.program) {
+                counts.push(otlp::int_point(program_attrs(a), w, count));
+                times.push(otlp::double_point(program_attrs(a), w, time.as_secs_f64()));
+            }
+        }
+        vec![
+            otlp::counter_metric(
+                "hostscope.agent.program.runs",
+                "Times each kernel program ran (kernel.bpf_stats_enabled)",
+                "{run}",
+                counts,
+            ),
+            otlp::counter_metric(
+                "hostscope.agent.program.run.time",
+                "Time spent in each kernel program (kernel.bpf_stats_enabled)",
+                "s",
+                times,
+            ),
+        ]
+    }
+
     fn host_attributes(&self) -> Vec<KeyValue> {
         let mut attrs = vec![
             otlp::kv_str("host.name", self.host.name.clone()),
@@ -223,18 +253,10 @@ impl Agent {
             "{program}",
             self.attached
                 .iter()
-                .map(|(program, hook)| {
-                    otlp::int_point(
-                        vec![
-                            otlp::kv_str("hostscope.program", program.clone()),
-                            otlp::kv_str("hostscope.hook", *hook),
-                        ],
-                        w,
-                        1,
-                    )
-                })
+                .map(|a| otlp::int_point(program_attrs(a), w, 1))
                 .collect(),
         ));
+        agent_metrics.extend(self.program_run_stats(w));
         agent_metrics.extend(self.exporters.self_metrics(w));
         let mut agent_attrs = self.host_attributes();
         agent_attrs.push(otlp::kv_str("service.name", self.cfg.service_name.clone()));
@@ -272,6 +294,13 @@ impl Agent {
             ExportTraceServiceRequest { resource_spans },
         )
     }
+}
+
+fn program_attrs(a: &Attached) -> Vec<KeyValue> {
+    vec![
+        otlp::kv_str("hostscope.program", a.label.clone()),
+        otlp::kv_str("hostscope.hook", a.hook.as_str()),
+    ]
 }
 
 /// `hostscope bench-floor`: empty programs on sys_enter/sys_exit.

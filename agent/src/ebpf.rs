@@ -15,6 +15,38 @@ use crate::config::HookPreference;
 /// The kernel programs, built by `build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hostscope"));
 
+/// A program attached by a signal, for self-telemetry and clean-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    /// What it is, as exported (`syscalls/sys_enter`).
+    pub label: String,
+    pub hook: Hook,
+    /// Its name in the eBPF object.
+    pub program: String,
+}
+
+/// Detaches and unloads a program (when its signal could not start whole).
+pub fn unload(ebpf: &mut Ebpf, program: &str) {
+    let Some(p) = ebpf.program_mut(program) else {
+        return;
+    };
+    let result = match p {
+        aya::programs::Program::BtfTracePoint(p) => p.unload(),
+        aya::programs::Program::RawTracePoint(p) => p.unload(),
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        debug!(program, error = %e, "unloading");
+    }
+}
+
+/// Kernel run count and run time of a loaded program (non-zero only while
+/// `kernel.bpf_stats_enabled` is 1).
+pub fn run_stats(ebpf: &Ebpf, program: &str) -> Option<(u64, std::time::Duration)> {
+    let info = ebpf.program(program)?.info().ok()?;
+    Some((info.run_count(), info.run_time()))
+}
+
 /// How a program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -109,15 +141,21 @@ pub fn attach_tracepoint(
     ebpf: &mut Ebpf,
     btf: Option<&Btf>,
     pref: HookPreference,
+    label: &str,
     tracepoint: &str,
     btf_program: &str,
     raw_program: &str,
-) -> Result<Hook, AttachError> {
+) -> Result<Attached, AttachError> {
+    let attached = |hook, program: &str| Attached {
+        label: label.to_string(),
+        hook,
+        program: program.to_string(),
+    };
     let btf_failure = match (pref, btf) {
         (HookPreference::RawTp, _) => "not tried (--hook-type raw-tp)".to_string(),
         (_, None) => "no kernel BTF (/sys/kernel/btf/vmlinux)".to_string(),
         (_, Some(btf)) => match attach_btf(ebpf, btf, tracepoint, btf_program) {
-            Ok(()) => return Ok(Hook::BtfTracePoint),
+            Ok(()) => return Ok(attached(Hook::BtfTracePoint, btf_program)),
             Err(e) => explain(&e),
         },
     };
@@ -139,7 +177,7 @@ pub fn attach_tracepoint(
                     "BTF tracepoint unavailable ({btf_failure}); using the raw tracepoint instead"
                 );
             }
-            Ok(Hook::RawTracePoint)
+            Ok(attached(Hook::RawTracePoint, raw_program))
         }
         Err(e) => Err(AttachError {
             program: raw_program.to_string(),

@@ -107,6 +107,16 @@ pub fn int_point(attributes: Vec<KeyValue>, w: Window, value: u64) -> NumberData
     }
 }
 
+pub fn double_point(attributes: Vec<KeyValue>, w: Window, value: f64) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes,
+        start_time_unix_nano: w.start_unix_nano,
+        time_unix_nano: w.time_unix_nano,
+        value: Some(number_data_point::Value::AsDouble(value)),
+        ..Default::default()
+    }
+}
+
 pub fn exp_histogram_metric(
     name: &str,
     description: &str,

@@ -35,7 +35,7 @@ use tracing::{debug, warn};
 
 use crate::{
     config::{HookPreference, SyscallsConfig},
-    ebpf::{AttachError, Hook, attach_tracepoint},
+    ebpf::{AttachError, Attached, attach_tracepoint, unload},
     identity::{ProcessCache, ProcessInfo},
     otlp::{self, Window},
     signals::Collected,
@@ -84,10 +84,8 @@ pub struct Syscalls {
     pending: VecDeque<SlowSyscallEvent>,
     events_received: u64,
     events_dropped_userspace: u64,
-    /// How each of sys_enter/sys_exit got attached.
-    pub hooks: [Hook; 2],
-    /// How sched_switch (the fast path's handoff) got attached, if at all.
-    pub switch_hook: Option<Hook>,
+    /// What got attached, and how (sched_switch only with the fast path).
+    pub programs: Vec<Attached>,
     stats_capacity: u32,
     errors_capacity: u32,
     attached_unix_nano: u64,
@@ -102,8 +100,8 @@ where
 }
 
 impl Syscalls {
-    /// Attaches sys_enter and sys_exit and takes the signal's maps. On
-    /// failure nothing stays attached.
+    /// Attaches sys_enter and sys_exit (and sched_switch for the fast path)
+    /// and takes the signal's maps. On failure nothing stays attached.
     pub fn start(
         ebpf: &mut Ebpf,
         btf: Option<&Btf>,
@@ -119,11 +117,12 @@ impl Syscalls {
                 ebpf,
                 btf,
                 pref,
+                "syscalls/sched_switch",
                 "sched_switch",
                 "syscall_sched_switch_btf",
                 "syscall_sched_switch_raw",
             ) {
-                Ok(hook) => Some(hook),
+                Ok(a) => Some(a),
                 Err(e) => {
                     warn!("syscalls: per-CPU fast path off, every syscall uses the hash map: {e}");
                     None
@@ -135,22 +134,38 @@ impl Syscalls {
         let suffix = if switch.is_some() { "" } else { "_hash" };
         // Exit before enter: an exit with no entry is merely unmatched, an entry
         // with no exit program would fill the in-flight map for nothing.
-        let exit = attach_tracepoint(
+        let mut programs: Vec<Attached> = switch.into_iter().collect();
+        let result = attach_tracepoint(
             ebpf,
             btf,
             pref,
+            "syscalls/sys_exit",
             "sys_exit",
             &format!("sys_exit_btf{suffix}"),
             &format!("sys_exit_raw{suffix}"),
-        )?;
-        let enter = attach_tracepoint(
-            ebpf,
-            btf,
-            pref,
-            "sys_enter",
-            &format!("sys_enter_btf{suffix}"),
-            &format!("sys_enter_raw{suffix}"),
-        )?;
+        )
+        .and_then(|exit| {
+            programs.push(exit);
+            attach_tracepoint(
+                ebpf,
+                btf,
+                pref,
+                "syscalls/sys_enter",
+                "sys_enter",
+                &format!("sys_enter_btf{suffix}"),
+                &format!("sys_enter_raw{suffix}"),
+            )
+        });
+        match result {
+            Ok(enter) => programs.push(enter),
+            Err(e) => {
+                // Nothing of a signal that cannot start whole stays attached.
+                for p in &programs {
+                    unload(ebpf, &p.program);
+                }
+                return Err(e.into());
+            }
+        }
         let ring: RingBuf<MapData> = take(ebpf, "SYSCALL_SLOW_EVENTS")?;
         Ok(Self {
             stats: take(ebpf, "SYSCALL_STATS")?,
@@ -163,8 +178,7 @@ impl Syscalls {
             pending: VecDeque::new(),
             events_received: 0,
             events_dropped_userspace: 0,
-            hooks: [enter, exit],
-            switch_hook: switch,
+            programs,
             stats_capacity,
             errors_capacity: cfg.max_error_series,
             attached_unix_nano: now_unix_nano,
