@@ -117,22 +117,28 @@ pub fn double_point(attributes: Vec<KeyValue>, w: Window, value: f64) -> NumberD
     }
 }
 
+fn metric(name: &str, description: &str, unit: &str, data: Data) -> Metric {
+    Metric {
+        name: name.into(),
+        description: description.into(),
+        unit: unit.into(),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// A cumulative base-2 exponential histogram.
 pub fn exp_histogram_metric(
     name: &str,
     description: &str,
     unit: &str,
     points: Vec<ExponentialHistogramDataPoint>,
 ) -> Metric {
-    Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: unit.into(),
-        data: Some(Data::ExponentialHistogram(ExponentialHistogram {
-            data_points: points,
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-        })),
-        ..Default::default()
-    }
+    let data = Data::ExponentialHistogram(ExponentialHistogram {
+        data_points: points,
+        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+    });
+    metric(name, description, unit, data)
 }
 
 /// A cumulative monotonic sum (an OpenTelemetry counter).
@@ -142,17 +148,12 @@ pub fn counter_metric(
     unit: &str,
     points: Vec<NumberDataPoint>,
 ) -> Metric {
-    Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: unit.into(),
-        data: Some(Data::Sum(Sum {
-            data_points: points,
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            is_monotonic: true,
-        })),
-        ..Default::default()
-    }
+    let data = Data::Sum(Sum {
+        data_points: points,
+        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+        is_monotonic: true,
+    });
+    metric(name, description, unit, data)
 }
 
 pub fn gauge_metric(
@@ -161,15 +162,10 @@ pub fn gauge_metric(
     unit: &str,
     points: Vec<NumberDataPoint>,
 ) -> Metric {
-    Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: unit.into(),
-        data: Some(Data::Gauge(Gauge {
-            data_points: points,
-        })),
-        ..Default::default()
-    }
+    let data = Data::Gauge(Gauge {
+        data_points: points,
+    });
+    metric(name, description, unit, data)
 }
 
 #[cfg(test)]
