@@ -23,6 +23,9 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logging();
+    // One TLS crypto provider for the process (OTLP over https, both
+    // protocols); reqwest without its bundled provider requires this.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -19,6 +19,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod collector;
 pub mod otlp;
 
 /// Path of the agent binary: `$HOSTSCOPE_BIN`, else in this test's target
@@ -124,10 +125,17 @@ impl Agent {
     /// Starts the agent with `args` after `run --exporter stdout` and waits
     /// until the syscalls signal is attached.
     pub fn start(args: &[&str]) -> Agent {
+        Self::start_with(&[&["--exporter", "stdout"][..], args].concat(), &[])
+    }
+
+    /// Starts `hostscope run <args>` with extra environment variables and
+    /// waits until the syscalls signal is attached.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Agent {
         require_root();
         let mut child = Command::new(hostscope_bin())
-            .args(["run", "--exporter", "stdout"])
+            .arg("run")
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -176,6 +184,13 @@ impl Agent {
                 panic!("agent stdout closed; agent log:\n{}", self.stderr.text())
             }
         }
+    }
+
+    /// Whether the agent process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Sends `signal`, waits for a clean exit, returns every line not yet read.

@@ -1,0 +1,315 @@
+//! OTLP export end to end, against real protocol peers (tests/src/collector.rs):
+//! wire content, gzip, headers, retries as the OTLP spec says, partial
+//! success, and a collector outage.
+
+use std::time::Duration;
+
+use hostscope_tests::{
+    Agent, Mix, Workload,
+    collector::{Collector, Received, Reply},
+    otlp::{self, ExpHistogram},
+    require_root,
+};
+use serde_json::Value;
+use tonic::Code;
+
+const MIX: Mix = Mix {
+    getppid: 2_000,
+    ebadf: 3,
+    sleeps: 0,
+    sleep_ms: 0,
+    enoent: 0,
+    threads: 1,
+    yields: 0,
+};
+
+/// Starts the agent exporting OTLP to `collector` with `protocol` and extra
+/// environment; `args` after `run --exporter otlp`.
+fn agent(collector: &Collector, protocol: &str, env: &[(&str, &str)], args: &[&str]) -> Agent {
+    let endpoint = collector.endpoint();
+    let mut all = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+    ];
+    all.extend_from_slice(env);
+    let flags = [&["--exporter", "otlp", "--slow-threshold", "off"][..], args].concat();
+    Agent::start_with(&flags, &all)
+}
+
+fn metrics(received: &[Received]) -> Vec<&Received> {
+    received.iter().filter(|r| r.signal == "metrics").collect()
+}
+
+/// The last metrics request that has `pid`, with its metrics.
+fn process_view(received: &[Received], pid: u32) -> (&Received, Vec<Value>) {
+    received
+        .iter()
+        .rev()
+        .filter(|r| r.signal == "metrics")
+        .find_map(|r| otlp::process_metrics(&r.json, pid).map(|(_, m)| (r, m)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no metrics request had pid {pid} ({} received)",
+                received.len()
+            )
+        })
+}
+
+/// Exact counts of the workload in what the collector received, and the
+/// wire shape of the histogram and counter.
+fn check_content(received: &[Received], pid: u32) {
+    let (_, m) = process_view(received, pid);
+    let p = otlp::point(
+        &m,
+        "hostscope.syscall.duration",
+        &[("syscall.name", "getppid")],
+    )
+    .expect("getppid histogram point");
+    let h = ExpHistogram::from_point(p);
+    assert_eq!(h.count, MIX.getppid, "getppid count over OTLP");
+    assert_eq!(h.bucket_total(), h.count, "bucket counts sum to the count");
+    assert_eq!(h.scale, 0);
+    let metric = m
+        .iter()
+        .find(|x| x["name"] == "hostscope.syscall.duration")
+        .unwrap();
+    assert_eq!(metric["unit"], "s");
+    assert_eq!(
+        metric["exponentialHistogram"]["aggregationTemporality"], 2,
+        "cumulative"
+    );
+    let e = otlp::point(
+        &m,
+        "hostscope.syscall.errors",
+        &[("syscall.name", "fchdir"), ("error.type", "EBADF")],
+    )
+    .expect("fchdir EBADF errors point");
+    assert_eq!(otlp::num(&e["asInt"]), MIX.ebadf);
+}
+
+fn run_workload() -> u32 {
+    let mut w = Workload::spawn(MIX);
+    w.run();
+    w.pid
+}
+
+#[test]
+fn grpc_content_gzip_and_headers() {
+    require_root();
+    let collector = Collector::grpc(0);
+    let agent = agent(
+        &collector,
+        "grpc",
+        &[
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "api-key=secret,x-tenant=team%20a",
+            ),
+        ],
+        &["--interval", "0.5"],
+    );
+    let pid = run_workload();
+    drop(agent.stop_with(libc::SIGTERM)); // flushes the last interval
+    let received = collector.received();
+    check_content(&received, pid);
+    for r in metrics(&received) {
+        assert!(
+            r.gzip,
+            "every request gzip-compressed (grpc-encoding: gzip)"
+        );
+        assert_eq!(r.header("api-key"), Some("secret"));
+        assert_eq!(
+            r.header("x-tenant"),
+            Some("team a"),
+            "header value URL-decoded"
+        );
+    }
+}
+
+#[test]
+fn http_protobuf_content_and_per_signal_headers() {
+    require_root();
+    let collector = Collector::http(0);
+    let agent = agent(
+        &collector,
+        "http/protobuf",
+        &[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=generic"),
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "api-key=metrics-only"),
+        ],
+        &["--interval", "0.5"],
+    );
+    let pid = run_workload();
+    drop(agent.stop_with(libc::SIGTERM));
+    let received = collector.received();
+    check_content(&received, pid);
+    for r in metrics(&received) {
+        assert_eq!(r.path, "/v1/metrics");
+        assert!(!r.gzip, "no compression unless asked");
+        assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+        assert_eq!(
+            r.header("api-key"),
+            Some("metrics-only"),
+            "the per-signal variable wins"
+        );
+    }
+}
+
+/// UNAVAILABLE is retried (the same interval's request arrives again);
+/// INVALID_ARGUMENT is not (its interval never arrives again).
+#[test]
+fn grpc_retries_unavailable_but_not_invalid_argument() {
+    require_root();
+    let collector = Collector::grpc(0);
+    collector.script([
+        Reply::Grpc(Code::Unavailable),
+        Reply::Grpc(Code::Unavailable),
+        Reply::Ok,
+        Reply::Grpc(Code::InvalidArgument),
+    ]);
+    let agent = agent(&collector, "grpc", &[], &["--interval", "0.5"]);
+    let received = collector.wait_for(Duration::from_secs(30), "six metrics requests", |r| {
+        metrics(r).len() >= 6
+    });
+    drop(agent.stop_with(libc::SIGTERM));
+    let m = metrics(&received);
+    let t: Vec<String> = m
+        .iter()
+        .map(|r| r.interval_time().expect("data point time"))
+        .collect();
+    assert_eq!(
+        t[0], t[1],
+        "first UNAVAILABLE retried with the same content: {t:?}"
+    );
+    assert_eq!(
+        t[1], t[2],
+        "second UNAVAILABLE retried with the same content: {t:?}"
+    );
+    assert_ne!(t[3], t[2], "after success, the next interval: {t:?}");
+    assert!(
+        t[4..].iter().all(|x| *x != t[3]),
+        "the INVALID_ARGUMENT request must not be retried: {t:?}"
+    );
+}
+
+/// A partial success is logged with the count and never retried.
+#[test]
+fn partial_success_is_logged_and_not_retried() {
+    require_root();
+    let collector = Collector::grpc(0);
+    collector.script([Reply::Partial {
+        rejected: 3,
+        message: "three points too old".into(),
+    }]);
+    let agent = agent(&collector, "grpc", &[], &["--interval", "0.5"]);
+    let received = collector.wait_for(Duration::from_secs(20), "three metrics requests", |r| {
+        metrics(r).len() >= 3
+    });
+    agent.stderr.wait_for(
+        "partial success",
+        Duration::from_secs(5),
+        "partial-success warning",
+    );
+    let log = agent.stderr.text();
+    drop(agent.stop_with(libc::SIGTERM));
+    let line = log.lines().find(|l| l.contains("partial success")).unwrap();
+    assert!(
+        line.contains("WARN")
+            && line.contains("rejected 3")
+            && line.contains("three points too old"),
+        "{line}"
+    );
+    let t: Vec<String> = metrics(&received)
+        .iter()
+        .map(|r| r.interval_time().unwrap())
+        .collect();
+    assert!(
+        t[1..].iter().all(|x| *x != t[0]),
+        "partial success must not be retried: {t:?}"
+    );
+}
+
+/// HTTP 503 with Retry-After: 1 is retried no sooner than a second later;
+/// 400 is not retried.
+#[test]
+fn http_retry_after_is_obeyed_and_400_not_retried() {
+    require_root();
+    let collector = Collector::http(0);
+    collector.script([Reply::Http(503, Some(1)), Reply::Ok, Reply::Http(400, None)]);
+    let agent = agent(&collector, "http/protobuf", &[], &["--interval", "0.5"]);
+    let received = collector.wait_for(Duration::from_secs(30), "five metrics requests", |r| {
+        metrics(r).len() >= 5
+    });
+    drop(agent.stop_with(libc::SIGTERM));
+    let m = metrics(&received);
+    let t: Vec<String> = m.iter().map(|r| r.interval_time().unwrap()).collect();
+    assert_eq!(t[0], t[1], "503 retried with the same content: {t:?}");
+    let waited = m[1].at - m[0].at;
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "Retry-After: 1 obeyed, waited {waited:?}"
+    );
+    assert!(
+        t[3..].iter().all(|x| *x != t[2]),
+        "400 must not be retried: {t:?}"
+    );
+}
+
+/// The collector goes away for 3 s: the agent keeps running within its
+/// queue bound, drops the oldest data (and says so in its own telemetry),
+/// and delivers again once the collector is back on the same port.
+#[test]
+fn collector_outage_drops_oldest_counts_and_recovers() {
+    require_root();
+    let mut collector = Collector::grpc(0);
+    let mut agent = agent(
+        &collector,
+        "grpc",
+        &[],
+        // About four metrics requests fit in 20 kB.
+        &["--interval", "0.3", "--export-queue-bytes", "20000"],
+    );
+    collector.wait_for(Duration::from_secs(10), "a first request", |r| {
+        !metrics(r).is_empty()
+    });
+    collector.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        agent.is_running(),
+        "the agent must keep running while the collector is down"
+    );
+    let before = collector.received().len();
+    collector.restart(true);
+    let dropped = |r: &Received| {
+        otlp::resources(&r.json)
+            .into_iter()
+            .find(|(a, _)| otlp::attr(a, "service.name") == Some("hostscope"))
+            .and_then(|(_, m)| {
+                otlp::point(
+                    &m,
+                    "hostscope.agent.export.items",
+                    &[
+                        ("hostscope.signal", "metrics"),
+                        ("hostscope.outcome", "dropped"),
+                    ],
+                )
+                .map(|p| otlp::num(&p["asInt"]))
+            })
+            .unwrap_or(0)
+    };
+    let received = collector.wait_for(
+        Duration::from_secs(30),
+        "a request after recovery reporting dropped items",
+        |r| {
+            r[before..]
+                .iter()
+                .any(|x| x.signal == "metrics" && dropped(x) > 0)
+        },
+    );
+    assert!(
+        received.len() > before,
+        "data arrives again after the outage"
+    );
+    drop(agent.stop_with(libc::SIGTERM));
+}
