@@ -156,6 +156,80 @@ fn http_protobuf_content_and_per_signal_headers() {
     }
 }
 
+/// Slow syscalls arrive as spans over the gRPC TraceService, linked from
+/// their histogram point by exemplars.
+#[test]
+fn grpc_traces_and_exemplars() {
+    require_root();
+    let collector = Collector::grpc(0);
+    let endpoint = collector.endpoint();
+    let agent = Agent::start_with(
+        &[
+            "--exporter",
+            "otlp",
+            "--interval",
+            "0.5",
+            "--slow-threshold",
+            "100ms",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
+    let mix = Mix {
+        sleeps: 2,
+        sleep_ms: 130,
+        ..Mix::default()
+    };
+    let mut w = Workload::spawn(mix);
+    w.run();
+    let pid = w.pid;
+    drop(agent.stop_with(libc::SIGTERM));
+    let received = collector.received();
+    let spans: Vec<Value> = received
+        .iter()
+        .filter(|r| r.signal == "traces")
+        .flat_map(|r| otlp::process_spans(&r.json, pid))
+        .filter(|s| s["name"] == "nanosleep")
+        .collect();
+    assert_eq!(
+        spans.len() as u64,
+        mix.sleeps,
+        "nanosleep spans over OTLP/gRPC"
+    );
+    let exemplars: Vec<Value> = metrics(&received)
+        .iter()
+        .filter_map(|r| otlp::process_metrics(&r.json, pid))
+        .flat_map(|(_, m)| {
+            otlp::point(
+                &m,
+                "hostscope.syscall.duration",
+                &[("syscall.name", "nanosleep")],
+            )
+            .and_then(|p| p["exemplars"].as_array().cloned())
+            .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        exemplars.len(),
+        spans.len(),
+        "one exemplar per slow span: {exemplars:?}"
+    );
+    for e in &exemplars {
+        let span = spans
+            .iter()
+            .find(|s| s["spanId"] == e["spanId"] && s["traceId"] == e["traceId"])
+            .unwrap_or_else(|| panic!("exemplar {e} links to no span"));
+        let dur = otlp::num(&span["endTimeUnixNano"]) - otlp::num(&span["startTimeUnixNano"]);
+        let value = e["asDouble"].as_f64().unwrap();
+        assert!(
+            (value - dur as f64 / 1e9).abs() < 1e-6,
+            "exemplar value {value} vs span {dur} ns"
+        );
+    }
+}
+
 /// UNAVAILABLE is retried (the same interval's request arrives again);
 /// INVALID_ARGUMENT is not (its interval never arrives again).
 #[test]
