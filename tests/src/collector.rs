@@ -99,9 +99,19 @@ fn next_reply(state: &Shared) -> Reply {
         .unwrap_or(Reply::Ok)
 }
 
+/// Server TLS of a collector: its certificate and key, and (for mutual TLS)
+/// the CA its clients' certificates must chain to. All PEM.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub client_ca: Option<Vec<u8>>,
+}
+
 /// A running collector; stopped (and its port freed) on `stop` or drop.
 pub struct Collector {
     pub addr: SocketAddr,
+    tls: Option<ServerTls>,
     state: Shared,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
@@ -110,17 +120,23 @@ pub struct Collector {
 impl Collector {
     /// A gRPC collector on `port` (0: any free port).
     pub fn grpc(port: u16) -> Collector {
-        Self::start(port, true, Shared::default())
+        Self::start(port, true, None, Shared::default())
     }
 
     /// An OTLP/HTTP collector on `port` (0: any free port).
     pub fn http(port: u16) -> Collector {
-        Self::start(port, false, Shared::default())
+        Self::start(port, false, None, Shared::default())
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// A collector serving over TLS (gRPC or HTTP) on any free port.
+    pub fn with_tls(grpc: bool, tls: ServerTls) -> Collector {
+        Self::start(0, grpc, Some(tls), Shared::default())
+    }
+
+    /// `http://127.0.0.1:<port>`, or `https://` when serving TLS.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Replies for the next metrics requests, in order.
@@ -181,17 +197,18 @@ impl Collector {
     /// Serves again on the same port, with the same record.
     pub fn restart(&mut self, grpc: bool) {
         self.stop();
-        let again = Self::start(self.addr.port(), grpc, self.state.clone());
+        let again = Self::start(self.addr.port(), grpc, self.tls.clone(), self.state.clone());
         *self = again;
     }
 
-    fn start(port: u16, grpc: bool, state: Shared) -> Collector {
+    fn start(port: u16, grpc: bool, tls: Option<ServerTls>, state: Shared) -> Collector {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("collector: bind 127.0.0.1:{port}: {e}"));
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let st = state.clone();
+        let server_tls = tls.clone();
         let thread = thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -201,14 +218,15 @@ impl Collector {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 if grpc {
-                    serve_grpc(listener, st, rx).await;
+                    serve_grpc(listener, st, server_tls, rx).await;
                 } else {
-                    serve_http(listener, st, rx).await;
+                    serve_http(listener, st, server_tls, rx).await;
                 }
             });
         });
         Collector {
             addr,
+            tls,
             state,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -298,11 +316,25 @@ impl TraceService for Grpc {
     }
 }
 
-async fn serve_grpc(listener: tokio::net::TcpListener, state: Shared, stop: oneshot::Receiver<()>) {
+async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    tls: Option<ServerTls>,
+    stop: oneshot::Receiver<()>,
+) {
     let metrics =
         MetricsServiceServer::new(Grpc(state.clone())).accept_compressed(CompressionEncoding::Gzip);
     let traces = TraceServiceServer::new(Grpc(state)).accept_compressed(CompressionEncoding::Gzip);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config).expect("collector TLS config");
+    }
+    builder
         .add_service(metrics)
         .add_service(traces)
         .serve_with_incoming_shutdown(
@@ -318,8 +350,10 @@ async fn serve_grpc(listener: tokio::net::TcpListener, state: Shared, stop: ones
 async fn serve_http(
     listener: tokio::net::TcpListener,
     state: Shared,
+    tls: Option<ServerTls>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(Arc::new(rustls_server(&t))));
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -327,17 +361,60 @@ async fn serve_http(
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let state = state.clone();
+                let acceptor = acceptor.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req| handle_http(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        None => {
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            // A client without an acceptable certificate fails here.
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         }
     }
     // Dropping the connections frees the port at once.
     conns.abort_all();
+}
+
+/// rustls server configuration, requiring a client certificate from
+/// `client_ca` when given.
+fn rustls_server(tls: &ServerTls) -> tokio_rustls::rustls::ServerConfig {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    use tokio_rustls::rustls::{self, RootCertStore, server::WebPkiClientVerifier};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&tls.cert)
+        .collect::<Result<_, _>>()
+        .expect("collector certificate");
+    let key = PrivateKeyDer::from_pem_slice(&tls.key).expect("collector key");
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca) {
+                roots.add(c.expect("client CA")).expect("client CA");
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .expect("collector certificate and key");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
 }
 
 async fn handle_http(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hostscope_tests::{
     Agent, Mix, Workload,
-    collector::{Collector, Received, Reply},
+    collector::{Collector, Received, Reply, ServerTls},
     otlp::{self, ExpHistogram},
     require_root,
 };
@@ -386,4 +386,107 @@ fn collector_outage_drops_oldest_counts_and_recovers() {
         "data arrives again after the outage"
     );
     drop(agent.stop_with(libc::SIGTERM));
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client
+/// certificate, made with the `openssl` command; removed on drop.
+struct TestCerts {
+    dir: std::path::PathBuf,
+}
+
+impl TestCerts {
+    fn new() -> TestCerts {
+        let dir = std::env::temp_dir().join(format!("hostscope-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sh = |script: &str| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .current_dir(&dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh(
+            "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=hostscope-test-ca",
+        );
+        sh(
+            "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 \
+            && printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext \
+            && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile server.ext",
+        );
+        sh(
+            "openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=hostscope \
+            && printf 'extendedKeyUsage=clientAuth\\n' > client.ext \
+            && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 1 -extfile client.ext",
+        );
+        TestCerts { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.join(name)).unwrap()
+    }
+
+    fn server_tls(&self) -> ServerTls {
+        ServerTls {
+            cert: self.read("server.pem"),
+            key: self.read("server.key"),
+            client_ca: Some(self.read("ca.pem")),
+        }
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Mutual TLS over both protocols with a test CA: with the client
+/// certificate the data arrives exactly; without it the collector refuses the
+/// connection and the agent keeps running, saying the export is failing.
+#[test]
+fn mutual_tls_over_grpc_and_http() {
+    require_root();
+    let certs = TestCerts::new();
+    for (grpc, protocol) in [(true, "grpc"), (false, "http/protobuf")] {
+        let collector = Collector::with_tls(grpc, certs.server_tls());
+        let (ca, cert, key) = (
+            certs.path("ca.pem"),
+            certs.path("client.pem"),
+            certs.path("client.key"),
+        );
+        let tls_env = [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.as_str()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.as_str()),
+        ];
+        let a = agent(&collector, protocol, &tls_env, &["--interval", "0.5"]);
+        let pid = run_workload();
+        drop(a.stop_with(libc::SIGTERM));
+        check_content(&collector.received(), pid);
+
+        // Trusting the CA but presenting no client certificate: refused.
+        let before = collector.received().len();
+        let mut a = agent(&collector, protocol, &tls_env[..1], &["--interval", "0.3"]);
+        a.stderr.wait_for(
+            "export failing",
+            Duration::from_secs(10),
+            "a failing export without a client certificate",
+        );
+        assert!(a.is_running(), "{protocol}: the agent keeps running");
+        assert_eq!(
+            collector.received().len(),
+            before,
+            "{protocol}: nothing accepted without a client certificate"
+        );
+    }
 }

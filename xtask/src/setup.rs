@@ -25,6 +25,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // The export tests make a throwaway CA and certificates.
+    "openssl",
 ];
 
 /// Runs every setup step in order.
