@@ -242,12 +242,23 @@ impl Drop for Collector {
 
 struct Grpc(Shared);
 
-fn headers_of(map: &tonic::metadata::MetadataMap) -> Vec<(String, String)> {
-    map.clone()
+/// Headers, whether gzip-encoded, and the message as JSON of a gRPC request.
+fn seen<T: serde::Serialize>(request: &Request<T>) -> (Vec<(String, String)>, bool, Value) {
+    let headers: Vec<(String, String)> = request
+        .metadata()
+        .clone()
         .into_headers()
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect()
+        .collect();
+    let gzip = headers
+        .iter()
+        .any(|(k, v)| k == "grpc-encoding" && v == "gzip");
+    (
+        headers,
+        gzip,
+        serde_json::to_value(request.get_ref()).unwrap(),
+    )
 }
 
 fn record(
@@ -276,11 +287,7 @@ impl MetricsService for Grpc {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let headers = headers_of(request.metadata());
-        let gzip = headers
-            .iter()
-            .any(|(k, v)| k == "grpc-encoding" && v == "gzip");
-        let json = serde_json::to_value(request.get_ref()).unwrap();
+        let (headers, gzip, json) = seen(&request);
         let reply = next_reply(&self.0);
         record(&self.0, "metrics", json, headers, gzip, "", &reply);
         match reply {
@@ -306,11 +313,7 @@ impl TraceService for Grpc {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let headers = headers_of(request.metadata());
-        let gzip = headers
-            .iter()
-            .any(|(k, v)| k == "grpc-encoding" && v == "gzip");
-        let json = serde_json::to_value(request.get_ref()).unwrap();
+        let (headers, gzip, json) = seen(&request);
         record(&self.0, "traces", json, headers, gzip, "", &Reply::Ok);
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
