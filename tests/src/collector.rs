@@ -60,6 +60,8 @@ pub struct Received {
     pub at: Instant,
     /// What the collector answered.
     pub reply: String,
+    /// Size of the request's protobuf encoding (uncompressed).
+    pub bytes: usize,
 }
 
 impl Received {
@@ -261,7 +263,9 @@ fn seen<T: serde::Serialize>(request: &Request<T>) -> (Vec<(String, String)>, bo
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn record(
+    bytes: usize,
     state: &Shared,
     signal: &'static str,
     json: Value,
@@ -278,6 +282,7 @@ fn record(
         path: path.to_string(),
         at: Instant::now(),
         reply: format!("{reply:?}"),
+        bytes,
     });
 }
 
@@ -289,7 +294,16 @@ impl MetricsService for Grpc {
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let (headers, gzip, json) = seen(&request);
         let reply = next_reply(&self.0);
-        record(&self.0, "metrics", json, headers, gzip, "", &reply);
+        record(
+            request.get_ref().encoded_len(),
+            &self.0,
+            "metrics",
+            json,
+            headers,
+            gzip,
+            "",
+            &reply,
+        );
         match reply {
             Reply::Ok | Reply::Http(..) => {
                 Ok(Response::new(ExportMetricsServiceResponse::default()))
@@ -314,7 +328,16 @@ impl TraceService for Grpc {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let (headers, gzip, json) = seen(&request);
-        record(&self.0, "traces", json, headers, gzip, "", &Reply::Ok);
+        record(
+            request.get_ref().encoded_len(),
+            &self.0,
+            "traces",
+            json,
+            headers,
+            gzip,
+            "",
+            &Reply::Ok,
+        );
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -461,7 +484,16 @@ async fn handle_http(
         }
         other => panic!("collector: POST to unexpected path {other}"),
     };
-    record(&state, signal, json, headers, gzip, &path, &reply);
+    record(
+        body.len(),
+        &state,
+        signal,
+        json,
+        headers,
+        gzip,
+        &path,
+        &reply,
+    );
     let mut resp = hyper::Response::builder().header("content-type", "application/x-protobuf");
     let body = match reply {
         Reply::Ok | Reply::Grpc(_) => ExportMetricsServiceResponse::default().encode_to_vec(),

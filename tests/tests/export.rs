@@ -56,8 +56,9 @@ fn process_view(received: &[Received], pid: u32) -> (&Received, Vec<Value>) {
 }
 
 /// Exact counts of the workload in what the collector received, and the
-/// wire shape of the histogram and counter.
-fn check_content(received: &[Received], pid: u32) {
+/// wire shape of the histogram (explicit buckets at powers of two seconds,
+/// the spec's default, or base-2 exponential when `exponential`) and counter.
+fn check_content(received: &[Received], pid: u32, exponential: bool) {
     let (_, m) = process_view(received, pid);
     let p = otlp::point(
         &m,
@@ -65,19 +66,56 @@ fn check_content(received: &[Received], pid: u32) {
         &[("syscall.name", "getppid")],
     )
     .expect("getppid histogram point");
-    let h = ExpHistogram::from_point(p);
-    assert_eq!(h.count, MIX.getppid, "getppid count over OTLP");
-    assert_eq!(h.bucket_total(), h.count, "bucket counts sum to the count");
-    assert_eq!(h.scale, 0);
     let metric = m
         .iter()
         .find(|x| x["name"] == "hostscope.syscall.duration")
         .unwrap();
     assert_eq!(metric["unit"], "s");
-    assert_eq!(
-        metric["exponentialHistogram"]["aggregationTemporality"], 2,
-        "cumulative"
-    );
+    if exponential {
+        let h = ExpHistogram::from_point(p);
+        assert_eq!(h.count, MIX.getppid, "getppid count over OTLP");
+        assert_eq!(h.bucket_total(), h.count, "bucket counts sum to the count");
+        assert_eq!(h.scale, 0);
+        assert_eq!(
+            metric["exponentialHistogram"]["aggregationTemporality"], 2,
+            "cumulative"
+        );
+    } else {
+        let counts: Vec<u64> = p["bucketCounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(otlp::num)
+            .collect();
+        let bounds: Vec<f64> = p["explicitBounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_f64().unwrap())
+            .collect();
+        assert_eq!(
+            otlp::num(&p["count"]),
+            MIX.getppid,
+            "getppid count over OTLP"
+        );
+        assert_eq!(
+            counts.iter().sum::<u64>(),
+            MIX.getppid,
+            "bucket counts sum to the count"
+        );
+        assert_eq!(counts.len(), bounds.len() + 1);
+        for (i, b) in bounds.iter().enumerate() {
+            assert_eq!(
+                *b,
+                2f64.powi(i as i32 - 30),
+                "bound {i} is a power of two seconds"
+            );
+        }
+        assert_eq!(
+            metric["histogram"]["aggregationTemporality"], 2,
+            "cumulative"
+        );
+    }
     let e = otlp::point(
         &m,
         "hostscope.syscall.errors",
@@ -106,13 +144,17 @@ fn grpc_content_gzip_and_headers() {
                 "OTEL_EXPORTER_OTLP_HEADERS",
                 "api-key=secret,x-tenant=team%20a",
             ),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+                "base2_exponential_bucket_histogram",
+            ),
         ],
         &["--interval", "0.5"],
     );
     let pid = run_workload();
     drop(agent.stop_with(libc::SIGTERM)); // flushes the last interval
     let received = collector.received();
-    check_content(&received, pid);
+    check_content(&received, pid, true);
     for r in metrics(&received) {
         assert!(
             r.gzip,
@@ -143,7 +185,7 @@ fn http_protobuf_content_and_per_signal_headers() {
     let pid = run_workload();
     drop(agent.stop_with(libc::SIGTERM));
     let received = collector.received();
-    check_content(&received, pid);
+    check_content(&received, pid, false);
     for r in metrics(&received) {
         assert_eq!(r.path, "/v1/metrics");
         assert!(!r.gzip, "no compression unless asked");
@@ -337,16 +379,27 @@ fn http_retry_after_is_obeyed_and_400_not_retried() {
 fn collector_outage_drops_oldest_counts_and_recovers() {
     require_root();
     let mut collector = Collector::grpc(0);
+    // Size the queue from this host's own requests: about three fit, so an
+    // outage of ten intervals must drop some, while any one request fits.
+    let probe = agent(&collector, "grpc", &[], &["--interval", "0.3"]);
+    let first = collector.wait_for(Duration::from_secs(10), "a first request", |r| {
+        metrics(r).len() >= 2
+    });
+    drop(probe.stop_with(libc::SIGTERM));
+    let size = metrics(&first).iter().map(|r| r.bytes).max().unwrap();
+    let queue = (size * 3).to_string();
     let mut agent = agent(
         &collector,
         "grpc",
         &[],
-        // About four metrics requests fit in 20 kB.
-        &["--interval", "0.3", "--export-queue-bytes", "20000"],
+        &["--interval", "0.3", "--export-queue-bytes", &queue],
     );
-    collector.wait_for(Duration::from_secs(10), "a first request", |r| {
-        !metrics(r).is_empty()
-    });
+    let seen = collector.received().len();
+    collector.wait_for(
+        Duration::from_secs(10),
+        "a request from the second agent",
+        |r| r.len() > seen,
+    );
     collector.stop();
     std::thread::sleep(Duration::from_secs(3));
     assert!(
@@ -472,7 +525,7 @@ fn mutual_tls_over_grpc_and_http() {
         let a = agent(&collector, protocol, &tls_env, &["--interval", "0.5"]);
         let pid = run_workload();
         drop(a.stop_with(libc::SIGTERM));
-        check_content(&collector.received(), pid);
+        check_content(&collector.received(), pid, false);
 
         // Trusting the CA but presenting no client certificate: refused.
         let before = collector.received().len();

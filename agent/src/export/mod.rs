@@ -2,6 +2,7 @@
 //! OTLP queues (bounded) and sends from a worker per signal.
 
 pub mod delta;
+pub mod explicit;
 pub mod otlp;
 pub mod otlp_config;
 pub mod otlp_grpc;
@@ -53,6 +54,7 @@ pub struct Exporters {
     otlp_traces: Option<SignalExporter>,
     temporality: Temporality,
     delta: DeltaConverter,
+    explicit_histograms: bool,
 }
 
 impl Exporters {
@@ -79,6 +81,10 @@ impl Exporters {
                 .as_ref()
                 .map_or(Temporality::Cumulative, |c| c.temporality),
             delta: DeltaConverter::default(),
+            explicit_histograms: cfg
+                .otlp_metrics
+                .as_ref()
+                .is_some_and(|c| c.explicit_histograms),
         }
     }
 
@@ -105,6 +111,9 @@ impl Exporters {
         if let Some(o) = &self.otlp_metrics {
             let mut metrics = metrics;
             self.delta.convert(&mut metrics, self.temporality);
+            if self.explicit_histograms {
+                explicit::to_explicit(&mut metrics);
+            }
             o.submit(Payload::Metrics(metrics));
         }
         if let Some(o) = &self.otlp_traces

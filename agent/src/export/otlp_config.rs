@@ -60,6 +60,9 @@ pub struct SignalConfig {
     pub timeout: Duration,
     /// Metrics only: OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE.
     pub temporality: Temporality,
+    /// Metrics only: explicit buckets (the spec's default) or base-2
+    /// exponential (OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION).
+    pub explicit_histograms: bool,
     /// PEM contents for TLS, read when the configuration is read.
     pub tls: TlsFiles,
 }
@@ -216,7 +219,22 @@ impl SignalConfig {
                 });
             }
         };
+        let var_name = "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION";
+        let explicit_histograms = match env(var_name).filter(|v| !v.trim().is_empty()) {
+            None => true,
+            Some(v) => match v.trim() {
+                "explicit_bucket_histogram" => true,
+                "base2_exponential_bucket_histogram" => false,
+                _ => {
+                    return Err(invalid(
+                        (var_name.to_string(), v),
+                        "explicit_bucket_histogram or base2_exponential_bucket_histogram",
+                    ));
+                }
+            },
+        };
         Ok(SignalConfig {
+            explicit_histograms,
             tls: TlsFiles { ca, client },
             temporality,
             signal,
