@@ -307,6 +307,45 @@ fn grpc_retries_unavailable_but_not_invalid_argument() {
         t[4..].iter().all(|x| *x != t[3]),
         "the INVALID_ARGUMENT request must not be retried: {t:?}"
     );
+
+    // The last request (the shutdown flush, built after all of the above)
+    // reports it in the agent's own telemetry.
+    let all = collector.received();
+    let last = metrics(&all).last().copied().unwrap();
+    let (_, agent_metrics) = otlp::resources(&last.json)
+        .into_iter()
+        .find(|(a, _)| otlp::attr(a, "service.name") == Some("hostscope"))
+        .expect("agent resource");
+    let own = |name: &str, extra: &[(&str, &str)]| {
+        let want = [&[("hostscope.signal", "metrics")][..], extra].concat();
+        otlp::point(&agent_metrics, name, &want)
+            .unwrap_or_else(|| panic!("{name} {extra:?}"))
+            .clone()
+    };
+    assert!(
+        otlp::num(&own("hostscope.agent.export.retries", &[])["asInt"]) >= 2,
+        "two retries counted"
+    );
+    let rejected = own(
+        "hostscope.agent.export.items",
+        &[("hostscope.outcome", "rejected")],
+    );
+    assert!(
+        otlp::num(&rejected["asInt"]) > 0,
+        "the INVALID_ARGUMENT request's items counted as rejected"
+    );
+    let latency = own("hostscope.agent.export.duration", &[]);
+    let counts: Vec<u64> = latency["bucketCounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(otlp::num)
+        .collect();
+    assert!(
+        otlp::num(&latency["count"]) >= 6,
+        "every attempt timed: {latency}"
+    );
+    assert_eq!(counts.iter().sum::<u64>(), otlp::num(&latency["count"]));
 }
 
 /// A partial success is logged with the count and never retried.

@@ -136,6 +136,7 @@ impl Exporters {
         let mut items = Vec::new();
         let mut retries = Vec::new();
         let mut queued = Vec::new();
+        let mut latency = Vec::new();
         for e in &exporters {
             let s = &e.stats;
             for (outcome, n) in [
@@ -159,6 +160,14 @@ impl Exporters {
                 w,
                 s.queued_bytes.load(Relaxed),
             ));
+            let (count, sum_ns, slots) = s.latency.snapshot();
+            latency.push(build::exp_histogram_point(
+                vec![signal(e)],
+                w,
+                count,
+                sum_ns,
+                &slots,
+            ));
         }
         vec![
             build::counter_metric(
@@ -172,6 +181,12 @@ impl Exporters {
                 "OTLP export attempts that failed and were retried",
                 "{request}",
                 retries,
+            ),
+            build::exp_histogram_metric(
+                "hostscope.agent.export.duration",
+                "Duration of each OTLP export attempt, including failed ones",
+                "s",
+                latency,
             ),
             build::gauge_metric(
                 "hostscope.agent.export.queue.size",

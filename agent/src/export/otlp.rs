@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use hostscope_common::syscalls::{HIST_SLOTS, slot_of_ns};
 use opentelemetry_proto::tonic::{
     collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
     metrics::v1::metric::Data,
@@ -109,6 +110,42 @@ pub struct SignalStats {
     /// Items of the payload being sent right now (lost if the worker is
     /// stopped at the shutdown deadline).
     pub in_flight: AtomicU64,
+    /// Duration of every export attempt, in the kernel's log2 slots.
+    pub latency: Latency,
+}
+
+/// A histogram of export-attempt durations in the same power-of-two-seconds
+/// slots as the kernel's syscall histograms (`slot_of_ns`).
+#[derive(Debug)]
+pub struct Latency {
+    pub slots: [AtomicU64; HIST_SLOTS],
+    pub count: AtomicU64,
+    pub sum_ns: AtomicU64,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            slots: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Latency {
+    fn record(&self, d: Duration) {
+        let ns = d.as_nanos().min(u64::MAX as u128) as u64;
+        self.slots[slot_of_ns(ns)].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
+
+    /// (count, sum in ns, slots) as of now.
+    pub fn snapshot(&self) -> (u64, u64, [u64; HIST_SLOTS]) {
+        let slots = std::array::from_fn(|i| self.slots[i].load(Relaxed));
+        (self.count.load(Relaxed), self.sum_ns.load(Relaxed), slots)
+    }
 }
 
 struct QueueState {
@@ -287,7 +324,10 @@ async fn deliver(
     let started = Instant::now();
     let mut attempt: u32 = 0;
     loop {
-        match transport.send(p).await {
+        let attempt_started = Instant::now();
+        let result = transport.send(p).await;
+        stats.latency.record(attempt_started.elapsed());
+        match result {
             Ok(accepted) => {
                 if std::mem::take(failing) {
                     info!(signal = signal.as_str(), "export recovered");
