@@ -170,8 +170,6 @@ impl Agent {
         self.exporters.export(metrics, traces);
     }
 
-    /// Host attributes plus the user's OTEL_RESOURCE_ATTRIBUTES (except
-    /// `service.*`, which describe the agent), on every resource.
     /// Kernel run count and time of each attached program, when the kernel
     /// keeps them (`sysctl kernel.bpf_stats_enabled=1`; off by default since
     /// it costs a little on every run).
@@ -204,6 +202,8 @@ impl Agent {
         ]
     }
 
+    /// Host attributes plus the user's OTEL_RESOURCE_ATTRIBUTES (except
+    /// `service.*`, which describe the agent), on every resource.
     fn host_attributes(&self) -> Vec<KeyValue> {
         let mut attrs = vec![
             otlp::kv_str("host.name", self.host.name.clone()),
