@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// OTEL_METRICS_EXPORTER and OTEL_TRACES_EXPORTER decide (default otlp).
     #[arg(long = "exporter", value_enum)]
     pub exporters: Vec<ExporterKind>,
+    /// Address of the Prometheus endpoint (default: OTEL_EXPORTER_PROMETHEUS_HOST
+    /// and _PORT, else 127.0.0.1:9464).
+    #[arg(long)]
+    pub prometheus_listen: Option<std::net::SocketAddr>,
     /// Bytes each OTLP signal may queue while the collector is slow or down;
     /// beyond it the oldest data is dropped (and counted).
     #[arg(long, default_value_t = Config::default().export_queue_bytes)]
@@ -112,8 +116,29 @@ impl RunArgs {
                 },
             },
         };
+        let prometheus_listen = match self.prometheus_listen {
+            Some(a) => a,
+            None => {
+                let host =
+                    env("OTEL_EXPORTER_PROMETHEUS_HOST").unwrap_or_else(|| "127.0.0.1".into());
+                let host = if host == "localhost" {
+                    "127.0.0.1".to_string()
+                } else {
+                    host
+                };
+                let port = env("OTEL_EXPORTER_PROMETHEUS_PORT").unwrap_or_else(|| "9464".into());
+                format!("{host}:{port}")
+                    .parse()
+                    .map_err(|_| ConfigError::Env {
+                        var: "OTEL_EXPORTER_PROMETHEUS_HOST",
+                        value: format!("{host}:{port}"),
+                        reason: "expected an IP address and a port (OTEL_EXPORTER_PROMETHEUS_PORT)",
+                    })?
+            }
+        };
         let mut cfg = self.into_config_with(metrics_exporters, traces_exporters);
         cfg.interval = interval;
+        cfg.prometheus_listen = prometheus_listen;
         cfg.resolve_otlp(env)?;
         cfg.resolve_resource(env)?;
         Ok(cfg)

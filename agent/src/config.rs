@@ -21,13 +21,7 @@ pub fn exporters_from_env(var: &'static str, env: Env) -> Result<Vec<ExporterKin
             "otlp" => ExporterKind::Otlp,
             "console" => ExporterKind::Stdout,
             "none" => continue,
-            "prometheus" => {
-                return Err(ConfigError::Env {
-                    var,
-                    value: value.clone(),
-                    reason: "the prometheus exporter is not available yet",
-                });
-            }
+            "prometheus" => ExporterKind::Prometheus,
             _ => {
                 return Err(ConfigError::Env {
                     var,
@@ -95,6 +89,8 @@ pub enum ExporterKind {
     Stdout,
     /// OTLP over gRPC or HTTP, configured by the OTEL_EXPORTER_OTLP_* variables.
     Otlp,
+    /// Prometheus text exposition at http://<--prometheus-listen>/metrics (metrics only).
+    Prometheus,
 }
 
 /// Which kind of tracepoint program to attach.
@@ -121,6 +117,8 @@ pub struct Config {
     /// OTLP settings per signal, when that signal goes to OTLP.
     pub otlp_metrics: Option<SignalConfig>,
     pub otlp_traces: Option<SignalConfig>,
+    /// Where the Prometheus endpoint listens.
+    pub prometheus_listen: std::net::SocketAddr,
     /// Bound of each OTLP signal's queue between measuring and sending.
     pub export_queue_bytes: usize,
     /// How long SIGTERM/SIGINT may wait for queued data to be sent.
@@ -167,6 +165,7 @@ impl Default for Config {
             otlp_metrics: None,
             otlp_traces: None,
             export_queue_bytes: 8 << 20,
+            prometheus_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
             shutdown_timeout: Duration::from_secs(5),
             hook_type: HookPreference::Auto,
             syscalls: SyscallsConfig::default(),

@@ -27,6 +27,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "cpio",
     // The export tests make a throwaway CA and certificates.
     "openssl",
+    // A real Prometheus server (and promtool) scrapes the Prometheus endpoint.
+    "prometheus",
 ];
 
 /// Runs every setup step in order.

@@ -8,6 +8,7 @@ pub mod otlp_config;
 pub mod otlp_grpc;
 pub mod otlp_http;
 pub mod otlp_tls;
+pub mod prometheus;
 pub mod stdout;
 
 use std::{sync::atomic::Ordering::Relaxed, time::Instant};
@@ -55,6 +56,7 @@ pub struct Exporters {
     temporality: Temporality,
     delta: DeltaConverter,
     explicit_histograms: bool,
+    prometheus: Option<prometheus::PrometheusEndpoint>,
 }
 
 impl Exporters {
@@ -81,6 +83,20 @@ impl Exporters {
                 .as_ref()
                 .map_or(Temporality::Cumulative, |c| c.temporality),
             delta: DeltaConverter::default(),
+            prometheus: cfg
+                .metrics_exporters
+                .contains(&ExporterKind::Prometheus)
+                .then(|| {
+                    prometheus::PrometheusEndpoint::start(cfg.prometheus_listen)
+                        .map_err(|e| {
+                            tracing::error!(
+                                "Prometheus endpoint not started on {}: {e}",
+                                cfg.prometheus_listen
+                            )
+                        })
+                        .ok()
+                })
+                .flatten(),
             explicit_histograms: cfg
                 .otlp_metrics
                 .as_ref()
@@ -107,6 +123,9 @@ impl Exporters {
             {
                 warn!("{e}");
             }
+        }
+        if let Some(p) = &self.prometheus {
+            p.update(&metrics);
         }
         if let Some(o) = &self.otlp_metrics {
             let mut metrics = metrics;
