@@ -48,6 +48,11 @@ pub struct RunArgs {
     /// beyond it the oldest data is dropped (and counted).
     #[arg(long, default_value_t = Config::default().export_queue_bytes)]
     pub export_queue_bytes: usize,
+    /// Largest OTLP request to send (the collector's receive limit, 4 MiB by
+    /// default for gRPC, must be above it); an interval with more data is
+    /// split into several requests.
+    #[arg(long, default_value_t = Config::default().export_max_request_bytes)]
+    pub export_max_request_bytes: usize,
     /// Tracepoint programs to attach: BTF tracepoints with a raw-tracepoint
     /// fallback (auto), or only one kind.
     #[arg(long, value_enum, default_value_t = HookPreference::Auto)]
@@ -156,6 +161,7 @@ impl RunArgs {
             metrics_exporters,
             traces_exporters,
             export_queue_bytes: a.export_queue_bytes,
+            export_max_request_bytes: a.export_max_request_bytes,
             hook_type: a.hook_type,
             syscalls: SyscallsConfig {
                 enabled: !a.no_syscalls,

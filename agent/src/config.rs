@@ -121,6 +121,9 @@ pub struct Config {
     pub prometheus_listen: std::net::SocketAddr,
     /// Bound of each OTLP signal's queue between measuring and sending.
     pub export_queue_bytes: usize,
+    /// Largest OTLP request sent; an interval with more is split. A request
+    /// must fit in the queue, so the smaller of this and the queue applies.
+    pub export_max_request_bytes: usize,
     /// How long SIGTERM/SIGINT may wait for queued data to be sent.
     pub shutdown_timeout: Duration,
     pub hook_type: HookPreference,
@@ -165,6 +168,7 @@ impl Default for Config {
             otlp_metrics: None,
             otlp_traces: None,
             export_queue_bytes: 8 << 20,
+            export_max_request_bytes: 1 << 20,
             prometheus_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
             shutdown_timeout: Duration::from_secs(5),
             hook_type: HookPreference::Auto,
@@ -235,6 +239,12 @@ impl Config {
         range(
             "--export-queue-bytes",
             self.export_queue_bytes as u64,
+            4096,
+            1 << 32,
+        )?;
+        range(
+            "--export-max-request-bytes",
+            self.export_max_request_bytes as u64,
             4096,
             1 << 32,
         )?;

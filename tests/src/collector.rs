@@ -29,6 +29,7 @@ use prost::Message as _;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status, codec::CompressionEncoding};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 /// What a collector answers to one metrics request.
 #[derive(Clone, Debug)]
@@ -41,6 +42,9 @@ pub enum Reply {
     },
     /// gRPC: this status code.
     Grpc(Code),
+    /// gRPC: this status code with a `google.rpc.RetryInfo` detail asking
+    /// for this delay.
+    GrpcRetryInfo(Code, Duration),
     /// HTTP: this status, with `Retry-After: secs` if given.
     Http(u16, Option<u64>),
 }
@@ -76,7 +80,7 @@ impl Received {
     pub fn interval_time(&self) -> Option<String> {
         let rm = self.json["resourceMetrics"].get(0)?;
         let m = rm["scopeMetrics"][0]["metrics"].get(0)?;
-        ["sum", "gauge", "exponentialHistogram"]
+        ["sum", "gauge", "histogram", "exponentialHistogram"]
             .iter()
             .find_map(|k| m.get(*k))
             .and_then(|d| d["dataPoints"][0]["timeUnixNano"].as_str())
@@ -317,6 +321,11 @@ impl MetricsService for Grpc {
                 }))
             }
             Reply::Grpc(code) => Err(Status::new(code, "scripted failure")),
+            Reply::GrpcRetryInfo(code, delay) => Err(Status::with_error_details(
+                code,
+                "scripted failure with RetryInfo",
+                ErrorDetails::with_retry_info(Some(delay)),
+            )),
         }
     }
 }
@@ -496,7 +505,9 @@ async fn handle_http(
     );
     let mut resp = hyper::Response::builder().header("content-type", "application/x-protobuf");
     let body = match reply {
-        Reply::Ok | Reply::Grpc(_) => ExportMetricsServiceResponse::default().encode_to_vec(),
+        Reply::Ok | Reply::Grpc(_) | Reply::GrpcRetryInfo(..) => {
+            ExportMetricsServiceResponse::default().encode_to_vec()
+        }
         Reply::Partial { rejected, message } => ExportMetricsServiceResponse {
             partial_success: Some(ExportMetricsPartialSuccess {
                 rejected_data_points: rejected,

@@ -40,26 +40,34 @@ fn metrics(received: &[Received]) -> Vec<&Received> {
     received.iter().filter(|r| r.signal == "metrics").collect()
 }
 
-/// The last metrics request that has `pid`, with its metrics.
-fn process_view(received: &[Received], pid: u32) -> (&Received, Vec<Value>) {
-    received
+/// `pid`'s metrics in the last interval that has it, gathered from every
+/// request of that interval (a large interval is split across requests).
+fn process_view(received: &[Received], pid: u32) -> Vec<Value> {
+    let last = received
         .iter()
         .rev()
         .filter(|r| r.signal == "metrics")
-        .find_map(|r| otlp::process_metrics(&r.json, pid).map(|(_, m)| (r, m)))
+        .find(|r| otlp::process_metrics(&r.json, pid).is_some())
         .unwrap_or_else(|| {
             panic!(
                 "no metrics request had pid {pid} ({} received)",
                 received.len()
             )
-        })
+        });
+    let time = last.interval_time();
+    metrics(received)
+        .into_iter()
+        .filter(|r| r.interval_time() == time)
+        .filter_map(|r| otlp::process_metrics(&r.json, pid))
+        .flat_map(|(_, m)| m)
+        .collect()
 }
 
 /// Exact counts of the workload in what the collector received, and the
-/// wire shape of the histogram (explicit buckets at powers of two seconds,
+/// wire shape of the histogram (explicit buckets at powers of four seconds,
 /// the spec's default, or base-2 exponential when `exponential`) and counter.
 fn check_content(received: &[Received], pid: u32, exponential: bool) {
-    let (_, m) = process_view(received, pid);
+    let m = process_view(received, pid);
     let p = otlp::point(
         &m,
         "hostscope.syscall.duration",
@@ -107,8 +115,8 @@ fn check_content(received: &[Received], pid: u32, exponential: bool) {
         for (i, b) in bounds.iter().enumerate() {
             assert_eq!(
                 *b,
-                2f64.powi(i as i32 - 30),
-                "bound {i} is a power of two seconds"
+                2f64.powi(2 * i as i32 - 24),
+                "bound {i} is a power of four seconds from 2^-24"
             );
         }
         assert_eq!(
@@ -409,6 +417,156 @@ fn http_retry_after_is_obeyed_and_400_not_retried() {
         t[3..].iter().all(|x| *x != t[2]),
         "400 must not be retried: {t:?}"
     );
+}
+
+/// An interval larger than `--export-max-request-bytes` arrives as several
+/// complete requests, none over the limit, and nothing is lost.
+#[test]
+fn large_intervals_are_split_into_bounded_requests() {
+    require_root();
+    let collector = Collector::grpc(0);
+    let agent = agent(
+        &collector,
+        "grpc",
+        &[],
+        &["--interval", "0.5", "--export-max-request-bytes", "4096"],
+    );
+    let pid = run_workload();
+    drop(agent.stop_with(libc::SIGTERM));
+    let received = collector.received();
+    check_content(&received, pid, false);
+    let mut per_interval: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for r in metrics(&received) {
+        assert!(
+            r.bytes <= 4096,
+            "a request of {} bytes exceeds --export-max-request-bytes 4096",
+            r.bytes
+        );
+        let e = per_interval
+            .entry(r.interval_time().expect("data point time"))
+            .or_default();
+        e.0 += 1;
+        e.1 += r.bytes;
+    }
+    assert!(
+        per_interval
+            .values()
+            .any(|&(n, bytes)| n >= 2 && bytes > 4096),
+        "some interval over 4096 bytes arrives split in several requests: {per_interval:?}"
+    );
+}
+
+/// RESOURCE_EXHAUSTED with a RetryInfo detail is retried no sooner than
+/// the delay the server asked for; without RetryInfo it is not retried.
+#[test]
+fn grpc_retry_info_delay_is_obeyed() {
+    require_root();
+    let collector = Collector::grpc(0);
+    collector.script([
+        Reply::GrpcRetryInfo(Code::ResourceExhausted, Duration::from_millis(1500)),
+        Reply::Ok,
+        Reply::Grpc(Code::ResourceExhausted),
+    ]);
+    let agent = agent(&collector, "grpc", &[], &["--interval", "0.5"]);
+    let received = collector.wait_for(Duration::from_secs(30), "five metrics requests", |r| {
+        metrics(r).len() >= 5
+    });
+    drop(agent.stop_with(libc::SIGTERM));
+    let m = metrics(&received);
+    let t: Vec<String> = m.iter().map(|r| r.interval_time().unwrap()).collect();
+    assert_eq!(
+        t[0], t[1],
+        "RESOURCE_EXHAUSTED with RetryInfo retried with the same content: {t:?}"
+    );
+    let waited = m[1].at - m[0].at;
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "RetryInfo delay of 1.5 s obeyed, waited {waited:?}"
+    );
+    assert_ne!(t[2], t[1], "after success, the next interval: {t:?}");
+    assert!(
+        t[3..].iter().all(|x| *x != t[2]),
+        "RESOURCE_EXHAUSTED without RetryInfo must not be retried: {t:?}"
+    );
+}
+
+/// 429, 502 and 504 are retryable like 503: the same interval arrives
+/// until it is accepted.
+#[test]
+fn http_429_502_504_are_retried() {
+    require_root();
+    let collector = Collector::http(0);
+    collector.script([
+        Reply::Http(429, None),
+        Reply::Http(502, None),
+        Reply::Http(504, None),
+        Reply::Ok,
+    ]);
+    let agent = agent(&collector, "http/protobuf", &[], &["--interval", "0.5"]);
+    let received = collector.wait_for(Duration::from_secs(30), "five metrics requests", |r| {
+        metrics(r).len() >= 5
+    });
+    drop(agent.stop_with(libc::SIGTERM));
+    let t: Vec<String> = metrics(&received)
+        .iter()
+        .map(|r| r.interval_time().unwrap())
+        .collect();
+    assert!(
+        t[1..4].iter().all(|x| *x == t[0]),
+        "429, 502 and 504 each retried with the same content: {t:?}"
+    );
+    assert_ne!(t[4], t[3], "after success, the next interval: {t:?}");
+}
+
+/// `OTEL_METRICS_EXPORTER=otlp,console` sends metrics both ways;
+/// `OTEL_TRACES_EXPORTER=none` sends no spans anywhere, even with slow
+/// syscalls to report.
+#[test]
+fn exporters_chosen_by_otel_variables() {
+    require_root();
+    let collector = Collector::http(0);
+    let endpoint = collector.endpoint();
+    let agent = Agent::start_with(
+        &["--interval", "0.5", "--slow-threshold", "100ms"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_METRICS_EXPORTER", "otlp,console"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ],
+    );
+    let mix = Mix {
+        sleeps: 2,
+        sleep_ms: 130,
+        ..MIX
+    };
+    let mut w = Workload::spawn(mix);
+    w.run();
+    let pid = w.pid;
+    let lines = agent.stop_with(libc::SIGTERM);
+    let received = collector.received();
+    check_content(&received, pid, false);
+    assert!(
+        received.iter().all(|r| r.signal == "metrics"),
+        "no traces requests with OTEL_TRACES_EXPORTER=none"
+    );
+    assert!(
+        lines.iter().all(|l| l.get("resourceSpans").is_none()),
+        "no spans on stdout with OTEL_TRACES_EXPORTER=none"
+    );
+    let count = lines
+        .iter()
+        .rev()
+        .find_map(|l| otlp::process_metrics(l, pid))
+        .and_then(|(_, m)| {
+            otlp::point(
+                &m,
+                "hostscope.syscall.duration",
+                &[("syscall.name", "getppid")],
+            )
+            .map(|p| otlp::num(&p["count"]))
+        })
+        .expect("console exporter printed the workload's getppid histogram");
+    assert_eq!(count, mix.getppid, "getppid count on the console exporter");
 }
 
 /// The collector goes away for 3 s: the agent keeps running within its

@@ -9,6 +9,7 @@ pub mod otlp_grpc;
 pub mod otlp_http;
 pub mod otlp_tls;
 pub mod prometheus;
+pub mod split;
 pub mod stdout;
 
 use std::{sync::atomic::Ordering::Relaxed, time::Instant};
@@ -56,6 +57,7 @@ pub struct Exporters {
     temporality: Temporality,
     delta: DeltaConverter,
     explicit_histograms: bool,
+    max_request_bytes: usize,
     prometheus: Option<prometheus::PrometheusEndpoint>,
 }
 
@@ -97,6 +99,7 @@ impl Exporters {
                         .ok()
                 })
                 .flatten(),
+            max_request_bytes: cfg.export_max_request_bytes.min(cfg.export_queue_bytes),
             explicit_histograms: cfg
                 .otlp_metrics
                 .as_ref()
@@ -133,12 +136,16 @@ impl Exporters {
             if self.explicit_histograms {
                 explicit::to_explicit(&mut metrics);
             }
-            o.submit(Payload::Metrics(metrics));
+            for part in split::metrics(metrics, self.max_request_bytes) {
+                o.submit(Payload::metrics(&part));
+            }
         }
         if let Some(o) = &self.otlp_traces
             && !traces.resource_spans.is_empty()
         {
-            o.submit(Payload::Traces(traces));
+            for part in split::traces(traces, self.max_request_bytes) {
+                o.submit(Payload::traces(&part));
+            }
         }
     }
 

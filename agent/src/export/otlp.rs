@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use hostscope_common::syscalls::{HIST_SLOTS, slot_of_ns};
 use opentelemetry_proto::tonic::{
     collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
@@ -37,39 +38,32 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A batch still failing after this long is dropped (and counted).
 const MAX_RETRY_ELAPSED: Duration = Duration::from_secs(60);
 
-/// One request for one signal.
+/// One encoded request for one signal. Requests are encoded once, when
+/// queued: the queue's bound in bytes is then the memory it holds, and a
+/// retry resends the same bytes.
 #[derive(Clone, Debug)]
-pub enum Payload {
-    Metrics(ExportMetricsServiceRequest),
-    Traces(ExportTraceServiceRequest),
+pub struct Payload {
+    pub signal: Signal,
+    /// The protobuf-encoded `Export*ServiceRequest`.
+    pub body: Bytes,
+    /// Data points or spans carried.
+    pub items: u64,
 }
 
 impl Payload {
-    pub fn encoded_len(&self) -> usize {
-        match self {
-            Payload::Metrics(r) => r.encoded_len(),
-            Payload::Traces(r) => r.encoded_len(),
+    pub fn metrics(req: &ExportMetricsServiceRequest) -> Self {
+        Self {
+            signal: Signal::Metrics,
+            body: req.encode_to_vec().into(),
+            items: metric_points(req),
         }
     }
 
-    /// Data points or spans carried.
-    pub fn items(&self) -> u64 {
-        match self {
-            Payload::Metrics(r) => r
-                .resource_metrics
-                .iter()
-                .flat_map(|rm| &rm.scope_metrics)
-                .flat_map(|sm| &sm.metrics)
-                .map(|m| match &m.data {
-                    Some(Data::Gauge(g)) => g.data_points.len(),
-                    Some(Data::Sum(s)) => s.data_points.len(),
-                    Some(Data::Histogram(h)) => h.data_points.len(),
-                    Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-                    Some(Data::Summary(s)) => s.data_points.len(),
-                    None => 0,
-                } as u64)
-                .sum(),
-            Payload::Traces(r) => r
+    pub fn traces(req: &ExportTraceServiceRequest) -> Self {
+        Self {
+            signal: Signal::Traces,
+            body: req.encode_to_vec().into(),
+            items: req
                 .resource_spans
                 .iter()
                 .flat_map(|rs| &rs.scope_spans)
@@ -77,6 +71,31 @@ impl Payload {
                 .sum(),
         }
     }
+
+    pub fn encoded_len(&self) -> usize {
+        self.body.len()
+    }
+
+    pub fn items(&self) -> u64 {
+        self.items
+    }
+}
+
+/// Data points in a metrics request.
+pub fn metric_points(req: &ExportMetricsServiceRequest) -> u64 {
+    req.resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .map(|m| match &m.data {
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+            Some(Data::Summary(s)) => s.data_points.len(),
+            None => 0,
+        } as u64)
+        .sum()
 }
 
 /// What a server said to an export that it accepted.
@@ -406,7 +425,7 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     fn spans(n: usize) -> Payload {
-        Payload::Traces(ExportTraceServiceRequest {
+        Payload::traces(&ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 scope_spans: vec![ScopeSpans {
                     spans: vec![Span::default(); n],

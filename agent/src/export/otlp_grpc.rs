@@ -2,13 +2,17 @@
 //! `opentelemetry-proto`, on a lazily connecting tonic channel that reconnects
 //! by itself when a collector comes back.
 
+use std::marker::PhantomData;
+
+use bytes::{BufMut as _, Bytes};
 use opentelemetry_proto::tonic::collector::{
-    metrics::v1::metrics_service_client::MetricsServiceClient,
-    trace::v1::trace_service_client::TraceServiceClient,
+    metrics::v1::ExportMetricsServiceResponse, trace::v1::ExportTraceServiceResponse,
 };
 use tonic::{
     Code, Request, Status,
-    codec::CompressionEncoding,
+    client::Grpc,
+    codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::http::uri::PathAndQuery,
     metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
@@ -16,7 +20,7 @@ use tonic_types::StatusExt as _;
 
 use super::{
     otlp::{Accepted, Payload, SendError},
-    otlp_config::SignalConfig,
+    otlp_config::{Signal, SignalConfig},
 };
 
 pub struct GrpcTransport {
@@ -69,43 +73,102 @@ impl GrpcTransport {
     }
 
     pub async fn send(&mut self, p: &Payload) -> Result<Accepted, SendError> {
-        let result = match p {
-            Payload::Metrics(m) => {
-                let mut client = MetricsServiceClient::new(self.channel.clone());
-                if self.gzip {
-                    client = client.send_compressed(CompressionEncoding::Gzip);
-                }
-                client
-                    .accept_compressed(CompressionEncoding::Gzip)
-                    .export(self.request(m.clone()))
-                    .await
-                    .map(|r| {
-                        let ps = r.into_inner().partial_success.unwrap_or_default();
-                        Accepted {
-                            rejected: ps.rejected_data_points.max(0) as u64,
-                            message: ps.error_message,
-                        }
-                    })
-            }
-            Payload::Traces(t) => {
-                let mut client = TraceServiceClient::new(self.channel.clone());
-                if self.gzip {
-                    client = client.send_compressed(CompressionEncoding::Gzip);
-                }
-                client
-                    .accept_compressed(CompressionEncoding::Gzip)
-                    .export(self.request(t.clone()))
-                    .await
-                    .map(|r| {
-                        let ps = r.into_inner().partial_success.unwrap_or_default();
-                        Accepted {
-                            rejected: ps.rejected_spans.max(0) as u64,
-                            message: ps.error_message,
-                        }
-                    })
-            }
+        let mut grpc = Grpc::new(self.channel.clone()).accept_compressed(CompressionEncoding::Gzip);
+        if self.gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
+        grpc.ready().await.map_err(|e| SendError::Retryable {
+            reason: format!("gRPC channel not ready: {e}"),
+            after: None,
+        })?;
+        let req = self.request(p.body.clone());
+        let result = match p.signal {
+            Signal::Metrics => grpc
+                .unary(
+                    req,
+                    PathAndQuery::from_static(METRICS_EXPORT),
+                    EncodedCodec::<ExportMetricsServiceResponse>::default(),
+                )
+                .await
+                .map(|r| {
+                    let ps = r.into_inner().partial_success.unwrap_or_default();
+                    Accepted {
+                        rejected: ps.rejected_data_points.max(0) as u64,
+                        message: ps.error_message,
+                    }
+                }),
+            Signal::Traces => grpc
+                .unary(
+                    req,
+                    PathAndQuery::from_static(TRACES_EXPORT),
+                    EncodedCodec::<ExportTraceServiceResponse>::default(),
+                )
+                .await
+                .map(|r| {
+                    let ps = r.into_inner().partial_success.unwrap_or_default();
+                    Accepted {
+                        rejected: ps.rejected_spans.max(0) as u64,
+                        message: ps.error_message,
+                    }
+                }),
         };
         result.map_err(classify)
+    }
+}
+
+/// The `Export` methods of the official OTLP services (the same paths the
+/// generated clients in `opentelemetry-proto` call).
+const METRICS_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+const TRACES_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A codec that sends an already encoded request as it is and decodes the
+/// response with prost: the exporter encodes each request once, when it is
+/// queued, instead of cloning and re-encoding it on every attempt.
+struct EncodedCodec<R>(PhantomData<R>);
+
+impl<R> Default for EncodedCodec<R> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<R: prost::Message + Default + Send + 'static> Codec for EncodedCodec<R> {
+    type Encode = Bytes;
+    type Decode = R;
+    type Encoder = BytesEncoder;
+    type Decoder = ProstDecoder<R>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstDecoder(PhantomData)
+    }
+}
+
+struct BytesEncoder;
+
+impl Encoder for BytesEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+struct ProstDecoder<R>(PhantomData<R>);
+
+impl<R: prost::Message + Default> Decoder for ProstDecoder<R> {
+    type Item = R;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<R>, Status> {
+        R::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("decoding the OTLP response: {e}")))
     }
 }
 

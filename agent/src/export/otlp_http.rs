@@ -15,7 +15,7 @@ use reqwest::{
 
 use super::{
     otlp::{Accepted, Payload, SendError},
-    otlp_config::SignalConfig,
+    otlp_config::{Signal, SignalConfig},
     otlp_tls,
 };
 
@@ -59,15 +59,12 @@ impl HttpTransport {
     }
 
     pub async fn send(&mut self, p: &Payload) -> Result<Accepted, SendError> {
-        let mut body = match p {
-            Payload::Metrics(m) => m.encode_to_vec(),
-            Payload::Traces(t) => t.encode_to_vec(),
-        };
+        let mut body = p.body.clone();
         if self.gzip {
             let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
             gz.write_all(&body)
                 .and_then(|()| gz.finish())
-                .map(|b| body = b)
+                .map(|b| body = b.into())
                 .map_err(|e| SendError::Permanent(format!("gzip: {e}")))?;
         }
         let resp = self
@@ -108,15 +105,15 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 }
 
 fn decode_partial(p: &Payload, body: &[u8]) -> Accepted {
-    match p {
-        Payload::Metrics(_) => ExportMetricsServiceResponse::decode(body)
+    match p.signal {
+        Signal::Metrics => ExportMetricsServiceResponse::decode(body)
             .ok()
             .and_then(|r| r.partial_success)
             .map(|ps| Accepted {
                 rejected: ps.rejected_data_points.max(0) as u64,
                 message: ps.error_message,
             }),
-        Payload::Traces(_) => ExportTraceServiceResponse::decode(body)
+        Signal::Traces => ExportTraceServiceResponse::decode(body)
             .ok()
             .and_then(|r| r.partial_success)
             .map(|ps| Accepted {
