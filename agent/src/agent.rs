@@ -163,11 +163,21 @@ impl Agent {
         let now = identity::now_unix_nano();
         let mono_to_unix = identity::monotonic_to_unix_offset();
         let mut collected = Collected::default();
+        let t0 = std::time::Instant::now();
         if let Some(s) = self.syscalls.as_mut() {
             s.collect(now, mono_to_unix, &mut self.cache, &mut collected);
         }
+        let t1 = std::time::Instant::now();
         let (metrics, traces) = self.requests(now, collected);
+        let t2 = std::time::Instant::now();
         self.exporters.export(metrics, traces);
+        // Read by `cargo xtask bench` to split the agent's CPU time by phase.
+        tracing::debug!(
+            collect_ms = (t1 - t0).as_secs_f64() * 1e3,
+            build_ms = (t2 - t1).as_secs_f64() * 1e3,
+            encode_ms = t2.elapsed().as_secs_f64() * 1e3,
+            "interval exported"
+        );
     }
 
     /// Kernel run count and time of each attached program, when the kernel

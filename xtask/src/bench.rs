@@ -51,6 +51,13 @@ pub struct BenchArgs {
     /// Ping-pong round trips per measurement.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub round_trips: u64,
+    /// Live-series sizes for the export cost and memory part (comma-separated;
+    /// empty skips it).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    pub series: Vec<usize>,
+    /// Only the series part (skip the syscall and ping-pong rounds).
+    #[arg(long)]
+    pub only_series: bool,
 }
 
 /// Samples of one workload, indexed by [`Case::index`].
@@ -106,15 +113,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         workload: util::built_binary("release", "hostscope-workload"),
         syscount: find_syscount()?,
     };
-    let started = Instant::now();
-    let samples = measure(&bins, args)?;
-    eprintln!(
-        "bench: {} rounds in {:.0} s",
-        args.rounds,
-        started.elapsed().as_secs_f64()
-    );
-    print_report(args, &samples[0]);
-    print_pingpong(args, &samples[1]);
+    if !args.only_series {
+        let started = Instant::now();
+        let samples = measure(&bins, args)?;
+        eprintln!(
+            "bench: {} rounds in {:.0} s",
+            args.rounds,
+            started.elapsed().as_secs_f64()
+        );
+        print_report(args, &samples[0]);
+        print_pingpong(args, &samples[1]);
+    }
+    if !args.series.is_empty() {
+        crate::bench_series::run(
+            &bins.hostscope,
+            &bins.workload,
+            &util::built_binary("release", "hostscope-sink"),
+            &args.series,
+        )?;
+    }
     Ok(())
 }
 
@@ -204,7 +221,7 @@ fn workload(workload: &Path, name: &str, n: u64) -> Result<f64> {
 
 /// A tracer running in the background while the loop runs. Reader threads
 /// drain its output for its whole life so its pipes never fill.
-struct Tracer {
+pub(crate) struct Tracer {
     label: &'static str,
     child: Child,
     lines: Receiver<String>,
@@ -216,7 +233,7 @@ struct Tracer {
 impl Tracer {
     /// Spawns `cmd` and waits until a line of its output (stderr, and stdout
     /// if the caller piped it) contains `ready`.
-    fn start(
+    pub(crate) fn start(
         label: &'static str,
         cmd: &mut Command,
         ready: &str,
@@ -241,6 +258,15 @@ impl Tracer {
         };
         tracer.wait_ready(ready)?;
         Ok(tracer)
+    }
+
+    /// Output lines received since the last call (or since ready).
+    pub(crate) fn take_lines(&mut self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for the ready line, the tracer's exit or the timeout.
@@ -271,7 +297,7 @@ impl Tracer {
 
     /// Signals the tracer and waits for it; fails if it neither exits cleanly
     /// nor dies of that signal.
-    fn stop(mut self) -> Result<()> {
+    pub(crate) fn stop(mut self) -> Result<()> {
         let pid = libc::pid_t::try_from(self.child.id()).context("pid out of range")?;
         // SAFETY: kill has no memory-safety preconditions; the pid is our
         // unreaped child, so it cannot have been reused.
@@ -359,7 +385,7 @@ fn spawn_piped(cmd: &mut Command) -> Result<Child> {
 
 /// Forwards each line of `stream` to `tx` until EOF, then ends. Lines keep
 /// being read after the receiver is gone, so the writer never blocks.
-fn read_lines(stream: impl Read + Send + 'static, tx: Sender<String>) -> JoinHandle<()> {
+pub(crate) fn read_lines(stream: impl Read + Send + 'static, tx: Sender<String>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut buf = Vec::new();
@@ -503,7 +529,7 @@ fn print_ratio(what: &str, value: Option<f64>, target: f64, inclusive: bool) {
 }
 
 /// Kernel release and CPU count, for the report.
-fn machine_summary() -> String {
+pub(crate) fn machine_summary() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into());

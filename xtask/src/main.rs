@@ -4,6 +4,7 @@
 //! [`util`]. `cargo xtask test` is the command README and CI run.
 
 mod bench;
+mod bench_series;
 mod build_cmd;
 mod kernels;
 mod lint;

@@ -44,16 +44,20 @@ fn bucket_of_slot(slot: usize) -> usize {
 /// Rewrites every scale-0 exponential histogram in `req` as an explicit one.
 pub fn to_explicit(req: &mut ExportMetricsServiceRequest) {
     let bounds = bounds();
+    let bucket: [usize; HIST_SLOTS] = std::array::from_fn(bucket_of_slot);
     for m in req
         .resource_metrics
         .iter_mut()
         .flat_map(|rm| &mut rm.scope_metrics)
         .flat_map(|sm| &mut sm.metrics)
     {
-        if let Some(Data::ExponentialHistogram(h)) = &m.data
+        if let Some(Data::ExponentialHistogram(h)) = &mut m.data
             && h.data_points.iter().all(|p| p.scale == 0)
         {
-            let points = h.data_points.iter().map(|p| convert(p, &bounds)).collect();
+            let points = std::mem::take(&mut h.data_points)
+                .into_iter()
+                .map(|p| convert(p, &bounds, &bucket))
+                .collect();
             m.data = Some(Data::Histogram(Histogram {
                 data_points: points,
                 aggregation_temporality: h.aggregation_temporality,
@@ -62,7 +66,11 @@ pub fn to_explicit(req: &mut ExportMetricsServiceRequest) {
     }
 }
 
-fn convert(p: &ExponentialHistogramDataPoint, bounds: &[f64]) -> HistogramDataPoint {
+fn convert(
+    p: ExponentialHistogramDataPoint,
+    bounds: &[f64],
+    bucket: &[usize; HIST_SLOTS],
+) -> HistogramDataPoint {
     let mut counts = vec![0u64; bounds.len() + 1];
     // Zero-width durations belong in the first bucket (-inf, 2^-30].
     counts[0] += p.zero_count;
@@ -70,18 +78,18 @@ fn convert(p: &ExponentialHistogramDataPoint, bounds: &[f64]) -> HistogramDataPo
         for (i, c) in b.bucket_counts.iter().enumerate() {
             // OTLP bucket index -> kernel slot, clamped to the open ends.
             let slot = (b.offset + i as i32 - SLOT0_OTLP_INDEX).clamp(0, HIST_SLOTS as i32 - 1);
-            counts[bucket_of_slot(slot as usize)] += c;
+            counts[bucket[slot as usize]] += c;
         }
     }
     HistogramDataPoint {
-        attributes: p.attributes.clone(),
+        attributes: p.attributes,
         start_time_unix_nano: p.start_time_unix_nano,
         time_unix_nano: p.time_unix_nano,
         count: p.count,
         sum: p.sum,
         bucket_counts: counts,
         explicit_bounds: bounds.to_vec(),
-        exemplars: p.exemplars.clone(),
+        exemplars: p.exemplars,
         flags: p.flags,
         min: p.min,
         max: p.max,

@@ -23,7 +23,7 @@ use tracing::warn;
 
 use self::{
     delta::{DeltaConverter, Temporality},
-    otlp::{Payload, SignalExporter},
+    otlp::SignalExporter,
     stdout::StdoutExporter,
 };
 use crate::{
@@ -137,14 +137,14 @@ impl Exporters {
                 explicit::to_explicit(&mut metrics);
             }
             for part in split::metrics(metrics, self.max_request_bytes) {
-                o.submit(Payload::metrics(&part));
+                o.submit(part);
             }
         }
         if let Some(o) = &self.otlp_traces
             && !traces.resource_spans.is_empty()
         {
             for part in split::traces(traces, self.max_request_bytes) {
-                o.submit(Payload::traces(&part));
+                o.submit(part);
             }
         }
     }

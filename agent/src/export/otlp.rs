@@ -17,11 +17,6 @@ use std::{
 
 use bytes::Bytes;
 use hostscope_common::syscalls::{HIST_SLOTS, slot_of_ns};
-use opentelemetry_proto::tonic::{
-    collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
-    metrics::v1::metric::Data,
-};
-use prost::Message as _;
 use tokio::{sync::Notify, task::JoinHandle};
 use tracing::{debug, info, warn};
 
@@ -51,27 +46,6 @@ pub struct Payload {
 }
 
 impl Payload {
-    pub fn metrics(req: &ExportMetricsServiceRequest) -> Self {
-        Self {
-            signal: Signal::Metrics,
-            body: req.encode_to_vec().into(),
-            items: metric_points(req),
-        }
-    }
-
-    pub fn traces(req: &ExportTraceServiceRequest) -> Self {
-        Self {
-            signal: Signal::Traces,
-            body: req.encode_to_vec().into(),
-            items: req
-                .resource_spans
-                .iter()
-                .flat_map(|rs| &rs.scope_spans)
-                .map(|ss| ss.spans.len() as u64)
-                .sum(),
-        }
-    }
-
     pub fn encoded_len(&self) -> usize {
         self.body.len()
     }
@@ -79,23 +53,6 @@ impl Payload {
     pub fn items(&self) -> u64 {
         self.items
     }
-}
-
-/// Data points in a metrics request.
-pub fn metric_points(req: &ExportMetricsServiceRequest) -> u64 {
-    req.resource_metrics
-        .iter()
-        .flat_map(|rm| &rm.scope_metrics)
-        .flat_map(|sm| &sm.metrics)
-        .map(|m| match &m.data {
-            Some(Data::Gauge(g)) => g.data_points.len(),
-            Some(Data::Sum(s)) => s.data_points.len(),
-            Some(Data::Histogram(h)) => h.data_points.len(),
-            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-            Some(Data::Summary(s)) => s.data_points.len(),
-            None => 0,
-        } as u64)
-        .sum()
 }
 
 /// What a server said to an export that it accepted.
@@ -422,10 +379,13 @@ fn full_jitter(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest,
+        trace::v1::{ResourceSpans, ScopeSpans, Span},
+    };
 
     fn spans(n: usize) -> Payload {
-        Payload::traces(&ExportTraceServiceRequest {
+        let req = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 scope_spans: vec![ScopeSpans {
                     spans: vec![Span::default(); n],
@@ -433,7 +393,8 @@ mod tests {
                 }],
                 ..Default::default()
             }],
-        })
+        };
+        super::super::split::traces(req, usize::MAX).remove(0)
     }
 
     fn queue(capacity: usize) -> Queue {

@@ -1,7 +1,10 @@
 //! OTLP over HTTP with protobuf bodies (`http/protobuf`): POST to the
 //! signal's URL, optionally gzip-compressed.
 
-use std::{io::Write as _, time::Duration};
+use std::{
+    io::Write as _,
+    time::{Duration, SystemTime},
+};
 
 use flate2::{Compression, write::GzEncoder};
 use opentelemetry_proto::tonic::collector::{
@@ -98,10 +101,25 @@ impl HttpTransport {
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not honoured; backoff applies).
+/// Longest `Retry-After` obeyed; a longer one waits this long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// `Retry-After` as delay-seconds or as an HTTP-date (RFC 9110 10.2.3); a
+/// date in the past means now. Anything else is ignored (backoff applies).
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = h.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
-    Some(Duration::from_secs(secs.min(300)))
+    retry_after_value(h.get(RETRY_AFTER)?.to_str().ok()?, SystemTime::now())
+}
+
+fn retry_after_value(v: &str, now: SystemTime) -> Option<Duration> {
+    let v = v.trim();
+    let d = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(d.min(MAX_RETRY_AFTER))
 }
 
 fn decode_partial(p: &Payload, body: &[u8]) -> Accepted {
@@ -122,4 +140,26 @@ fn decode_partial(p: &Payload, body: &[u8]) -> Accepted {
             }),
     }
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        let now = httpdate::parse_http_date("Sun, 22 Nov 2026 10:00:00 GMT").unwrap();
+        assert_eq!(retry_after_value("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after_value("Sun, 22 Nov 2026 10:00:42 GMT", now),
+            Some(Duration::from_secs(42))
+        );
+        assert_eq!(
+            retry_after_value("Sun, 22 Nov 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past: retry now"
+        );
+        assert_eq!(retry_after_value("3600", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after_value("soon", now), None);
+    }
 }

@@ -6,14 +6,20 @@
 //! requests, repeating its resource, scope and metric description.
 //!
 //! Sizes are measured with prost's `encoded_len`; the framing of a repeated
-//! field (a tag and a length prefix) is counted as [`FRAME`] bytes.
+//! field (a tag and a length prefix) is counted as [`FRAME`] bytes while
+//! splitting, and exactly when bodies are assembled.
 
 use opentelemetry_proto::tonic::{
     collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
     metrics::v1::{Metric, ResourceMetrics, ScopeMetrics, metric::Data},
     trace::v1::{ResourceSpans, ScopeSpans},
 };
-use prost::Message;
+use prost::{
+    Message,
+    encoding::{WireType, encode_key, encode_varint, encoded_len_varint},
+};
+
+use super::{otlp::Payload, otlp_config::Signal};
 
 /// Upper bound of the framing of one embedded message (1-byte tag plus a
 /// length varint of up to 5 bytes).
@@ -105,25 +111,88 @@ fn split_resource_metrics(rm: ResourceMetrics, budget: usize) -> Vec<ResourceMet
     out
 }
 
-/// Splits `req` into requests of at most `max_bytes` encoded bytes each
-/// (a single data point larger than that is sent alone). Data points keep
-/// their order; nothing is dropped.
-pub fn metrics(
-    req: ExportMetricsServiceRequest,
-    max_bytes: usize,
-) -> Vec<ExportMetricsServiceRequest> {
-    if req.encoded_len() <= max_bytes {
-        return vec![req];
+/// Encodes `req` as requests of at most `max_bytes` bytes each (a single
+/// data point larger than that is sent alone). Each resource is encoded
+/// once and appended to the current body as field 1 of the request, which
+/// is byte for byte what encoding the whole request would give. Data points
+/// keep their order; nothing is dropped.
+pub fn metrics(req: ExportMetricsServiceRequest, max_bytes: usize) -> Vec<Payload> {
+    let mut bodies = Bodies::new(Signal::Metrics, max_bytes);
+    for rm in req.resource_metrics {
+        for piece in split_resource_metrics(rm, max_bytes) {
+            let items = metric_points_of(&piece);
+            bodies.append(&piece, items);
+        }
     }
-    let pieces: Vec<ResourceMetrics> = req
-        .resource_metrics
-        .into_iter()
-        .flat_map(|rm| split_resource_metrics(rm, max_bytes))
-        .collect();
-    group(pieces, max_bytes, framed)
-        .into_iter()
-        .map(|resource_metrics| ExportMetricsServiceRequest { resource_metrics })
-        .collect()
+    bodies.finish()
+}
+
+fn metric_points_of(rm: &ResourceMetrics) -> u64 {
+    rm.scope_metrics
+        .iter()
+        .flat_map(|sm| &sm.metrics)
+        .map(|m| match &m.data {
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Sum(s)) => s.data_points.len(),
+            Some(Data::Histogram(h)) => h.data_points.len(),
+            Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+            Some(Data::Summary(s)) => s.data_points.len(),
+            None => 0,
+        } as u64)
+        .sum()
+}
+
+/// Request bodies being filled with encoded resources.
+struct Bodies {
+    signal: Signal,
+    max: usize,
+    done: Vec<Payload>,
+    body: Vec<u8>,
+    items: u64,
+}
+
+impl Bodies {
+    fn new(signal: Signal, max: usize) -> Self {
+        Self {
+            signal,
+            max,
+            done: Vec::new(),
+            body: Vec::new(),
+            items: 0,
+        }
+    }
+
+    /// Appends `m` as field 1 of the request, starting a new body when it
+    /// would not fit in this one.
+    fn append<M: Message>(&mut self, m: &M, items: u64) {
+        let len = m.encoded_len();
+        let framed = 1 + encoded_len_varint(len as u64) + len;
+        if !self.body.is_empty() && self.body.len() + framed > self.max {
+            self.flush();
+        }
+        self.body.reserve(framed);
+        encode_key(1, WireType::LengthDelimited, &mut self.body);
+        encode_varint(len as u64, &mut self.body);
+        // Cannot fail: a Vec grows as needed.
+        m.encode(&mut self.body).expect("encoding into a Vec");
+        self.items += items;
+    }
+
+    fn flush(&mut self) {
+        let body = std::mem::take(&mut self.body);
+        self.done.push(Payload {
+            signal: self.signal,
+            body: body.into(),
+            items: std::mem::take(&mut self.items),
+        });
+    }
+
+    fn finish(mut self) -> Vec<Payload> {
+        if !self.body.is_empty() {
+            self.flush();
+        }
+        self.done
+    }
 }
 
 fn split_resource_spans(rs: ResourceSpans, budget: usize) -> Vec<ResourceSpans> {
@@ -148,20 +217,20 @@ fn split_resource_spans(rs: ResourceSpans, budget: usize) -> Vec<ResourceSpans> 
     out
 }
 
-/// Splits `req` into requests of at most `max_bytes` encoded bytes each.
-pub fn traces(req: ExportTraceServiceRequest, max_bytes: usize) -> Vec<ExportTraceServiceRequest> {
-    if req.encoded_len() <= max_bytes {
-        return vec![req];
+/// Encodes `req` as requests of at most `max_bytes` bytes each.
+pub fn traces(req: ExportTraceServiceRequest, max_bytes: usize) -> Vec<Payload> {
+    let mut bodies = Bodies::new(Signal::Traces, max_bytes);
+    for rs in req.resource_spans {
+        for piece in split_resource_spans(rs, max_bytes) {
+            let items = piece
+                .scope_spans
+                .iter()
+                .map(|ss| ss.spans.len() as u64)
+                .sum();
+            bodies.append(&piece, items);
+        }
     }
-    let pieces: Vec<ResourceSpans> = req
-        .resource_spans
-        .into_iter()
-        .flat_map(|rs| split_resource_spans(rs, max_bytes))
-        .collect();
-    group(pieces, max_bytes, framed)
-        .into_iter()
-        .map(|resource_spans| ExportTraceServiceRequest { resource_spans })
-        .collect()
+    bodies.finish()
 }
 
 #[cfg(test)]
@@ -215,6 +284,24 @@ mod tests {
         ExportMetricsServiceRequest { resource_metrics }
     }
 
+    fn decode(parts: &[Payload]) -> Vec<ExportMetricsServiceRequest> {
+        parts
+            .iter()
+            .map(|p| {
+                let req = ExportMetricsServiceRequest::decode(p.body.clone()).expect("decodes");
+                assert_eq!(
+                    p.items,
+                    req.resource_metrics
+                        .iter()
+                        .map(metric_points_of)
+                        .sum::<u64>(),
+                    "items counted"
+                );
+                req
+            })
+            .collect()
+    }
+
     /// (resource pid, metric name, point attributes) of every point, in order.
     fn points(reqs: &[ExportMetricsServiceRequest]) -> Vec<String> {
         let mut out = Vec::new();
@@ -250,7 +337,13 @@ mod tests {
     fn small_request_is_left_whole() {
         let req = request(3, 4);
         let parts = metrics(req.clone(), 1 << 20);
-        assert_eq!(parts, vec![req]);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(
+            parts[0].body,
+            req.encode_to_vec(),
+            "the same bytes as encoding the whole request"
+        );
+        assert_eq!(decode(&parts), vec![req]);
     }
 
     #[test]
@@ -262,6 +355,14 @@ mod tests {
             let max = 64 << 10;
             let before = points(std::slice::from_ref(&req));
             let parts = metrics(req, max);
+            for p in &parts {
+                assert!(
+                    p.body.len() <= max,
+                    "{resources}x{per}: part of {} bytes over the {max} limit",
+                    p.body.len()
+                );
+            }
+            let parts = decode(&parts);
             assert!(
                 parts.len() >= total.div_ceil(max),
                 "{resources}x{per}: {total} bytes in only {} parts",
@@ -301,7 +402,10 @@ mod tests {
         assert!(parts.len() > 1);
         let n: usize = parts
             .iter()
-            .inspect(|p| assert!(p.encoded_len() <= 100 << 10))
+            .inspect(|p| assert!(p.body.len() <= 100 << 10))
+            .map(|p| ExportTraceServiceRequest::decode(p.body.clone()).unwrap())
+            .collect::<Vec<_>>()
+            .iter()
             .flat_map(|p| &p.resource_spans)
             .flat_map(|rs| &rs.scope_spans)
             .map(|ss| ss.spans.len())

@@ -13,12 +13,18 @@
 //! `hostscope-workload getppid-loop N` makes N `getppid` calls and prints the
 //! mean nanoseconds per call (for `cargo xtask bench`).
 //!
+//! `hostscope-workload series P K` forks P processes that each make K
+//! different syscalls once (each on fd -1, so each also fails with one
+//! errno: 2K series per process, as far as hostscope is concerned), prints
+//! `ready` once all have, and keeps them alive until stdin closes; then it
+//! kills them and exits. For the series-count benchmarks.
+//!
 //! `hostscope-workload pingpong N` bounces one byte N times between two
 //! threads over two pipes and prints the mean nanoseconds per round trip
 //! (four syscalls and two context switches each, both threads on one CPU).
 
 use std::{
-    io::{BufRead, Write},
+    io::{BufRead, Read as _, Write},
     time::Instant,
 };
 
@@ -37,6 +43,14 @@ fn main() {
             }
             let ns = t.elapsed().as_nanos() as f64 / n as f64;
             println!("{ns:.2}");
+        }
+        Some("series") => {
+            let num = |i: usize| args.get(i).and_then(|s| s.parse::<usize>().ok());
+            let (Some(procs), Some(k)) = (num(1), num(2)) else {
+                eprintln!("usage: hostscope-workload series PROCESSES SYSCALLS");
+                std::process::exit(2);
+            };
+            series(procs, k);
         }
         Some("pingpong") => {
             let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
@@ -174,5 +188,108 @@ fn mix(args: &[String]) {
         .unwrap_or(false)
     {
         rest.clear();
+    }
+}
+
+/// Syscalls that take a file descriptor first and fail with EBADF (or
+/// another errno, before touching anything) when it is -1; the remaining
+/// arguments are zero.
+const BAD_FD_SYSCALLS: [libc::c_long; 50] = [
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_fstat,
+    libc::SYS_lseek,
+    libc::SYS_ioctl,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_dup,
+    libc::SYS_connect,
+    libc::SYS_accept,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_shutdown,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_fcntl,
+    libc::SYS_flock,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_ftruncate,
+    libc::SYS_getdents64,
+    libc::SYS_fchdir,
+    libc::SYS_fchmod,
+    libc::SYS_fchown,
+    libc::SYS_fstatfs,
+    libc::SYS_fadvise64,
+    libc::SYS_epoll_ctl,
+    libc::SYS_inotify_rm_watch,
+    libc::SYS_fgetxattr,
+    libc::SYS_flistxattr,
+    libc::SYS_fremovexattr,
+    libc::SYS_syncfs,
+    libc::SYS_accept4,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_readahead,
+    libc::SYS_sync_file_range,
+    libc::SYS_fallocate,
+    libc::SYS_timerfd_gettime,
+    libc::SYS_setns,
+    libc::SYS_getdents,
+    libc::SYS_fsetxattr,
+];
+
+fn series(procs: usize, k: usize) {
+    assert!(
+        k <= BAD_FD_SYSCALLS.len(),
+        "at most {} syscalls per process",
+        BAD_FD_SYSCALLS.len()
+    );
+    let mut children = Vec::with_capacity(procs);
+    for _ in 0..procs {
+        // Each child reports on a pipe once it has made its syscalls.
+        let mut fds = [0i32; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        match unsafe { libc::fork() } {
+            -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+            0 => unsafe {
+                // Never outlive the parent, whatever happens to it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::close(fds[0]);
+                for &nr in &BAD_FD_SYSCALLS[..k] {
+                    libc::syscall(nr, -1i64, 0i64, 0i64, 0i64, 0i64, 0i64);
+                }
+                libc::write(fds[1], b"x".as_ptr().cast(), 1);
+                loop {
+                    libc::pause();
+                }
+            },
+            pid => {
+                unsafe { libc::close(fds[1]) };
+                let mut b = 0u8;
+                let n = unsafe { libc::read(fds[0], (&mut b as *mut u8).cast(), 1) };
+                assert_eq!(n, 1, "child {pid} did not report");
+                unsafe { libc::close(fds[0]) };
+                children.push(pid);
+            }
+        }
+    }
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_to_string(&mut rest);
+    for &pid in &children {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    for &pid in &children {
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
     }
 }
