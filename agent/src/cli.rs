@@ -1,12 +1,16 @@
 //! Command line: `hostscope run ...`. Parsing errors exit with code 2 before
 //! anything is loaded.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{
-    Config, ConfigError, Env, ExporterKind, HookPreference, SyscallsConfig, exporters_from_env,
+use crate::{
+    config::{
+        Config, ConfigError, Env, ExporterKind, HookPreference, SyscallsConfig, exporters_from_env,
+    },
+    config_file::{FileConfig, FileError, Loaded},
+    export::otlp_config::{OtlpConfigError, Signal, SignalConfig},
 };
 
 #[derive(Debug, Parser)]
@@ -44,19 +48,23 @@ pub struct RunArgs {
     /// and _PORT, else 127.0.0.1:9464).
     #[arg(long)]
     pub prometheus_listen: Option<std::net::SocketAddr>,
+    /// YAML configuration file (default: $HOSTSCOPE_CONFIG if set). Its
+    /// settings override OTEL_* variables; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Bytes each OTLP signal may queue while the collector is slow or down;
-    /// beyond it the oldest data is dropped (and counted).
-    #[arg(long, default_value_t = Config::default().export_queue_bytes)]
-    pub export_queue_bytes: usize,
+    /// beyond it the oldest data is dropped (and counted) [default: 8388608].
+    #[arg(long)]
+    pub export_queue_bytes: Option<usize>,
     /// Largest OTLP request to send (the collector's receive limit, 4 MiB by
     /// default for gRPC, must be above it); an interval with more data is
-    /// split into several requests.
-    #[arg(long, default_value_t = Config::default().export_max_request_bytes)]
-    pub export_max_request_bytes: usize,
+    /// split into several requests [default: 1048576].
+    #[arg(long)]
+    pub export_max_request_bytes: Option<usize>,
     /// Tracepoint programs to attach: BTF tracepoints with a raw-tracepoint
-    /// fallback (auto), or only one kind.
-    #[arg(long, value_enum, default_value_t = HookPreference::Auto)]
-    pub hook_type: HookPreference,
+    /// fallback (auto), or only one kind [default: auto].
+    #[arg(long, value_enum)]
+    pub hook_type: Option<HookPreference>,
     /// Seconds between exports (default: OTEL_METRIC_EXPORT_INTERVAL in
     /// milliseconds, else 10 s).
     #[arg(long, value_parser = parse_seconds)]
@@ -64,22 +72,24 @@ pub struct RunArgs {
     /// Exit cleanly after this many seconds, flushing the last interval.
     #[arg(long, value_parser = parse_seconds)]
     pub duration: Option<Duration>,
-    /// Send syscalls at least this slow as events ("100ms", "1s"; "off" disables).
-    #[arg(long, value_parser = parse_threshold, default_value = "100ms")]
-    pub slow_threshold: Threshold,
-    /// In-kernel limit on slow-syscall events per CPU per second.
-    #[arg(long, default_value_t = SyscallsConfig::default().slow_events_per_cpu_per_sec)]
-    pub slow_events_per_cpu: u32,
+    /// Send syscalls at least this slow as events ("100ms", "1s"; "off"
+    /// disables) [default: 100ms].
+    #[arg(long, value_parser = parse_threshold)]
+    pub slow_threshold: Option<Threshold>,
+    /// In-kernel limit on slow-syscall events per CPU per second [default: 20].
+    #[arg(long)]
+    pub slow_events_per_cpu: Option<u32>,
     /// Bound on (process, syscall) series in the kernel map (default: from a
     /// 32 MiB kernel-memory budget and the number of CPUs).
     #[arg(long)]
     pub max_syscall_series: Option<u32>,
-    /// Bound on (process, syscall, errno) series in the kernel map.
-    #[arg(long, default_value_t = SyscallsConfig::default().max_error_series)]
-    pub max_syscall_error_series: u32,
-    /// Bound on threads tracked inside a syscall at once.
-    #[arg(long, default_value_t = SyscallsConfig::default().max_inflight_threads)]
-    pub max_inflight_threads: u32,
+    /// Bound on (process, syscall, errno) series in the kernel map
+    /// [default: 4096].
+    #[arg(long)]
+    pub max_syscall_error_series: Option<u32>,
+    /// Bound on threads tracked inside a syscall at once [default: 32768].
+    #[arg(long)]
+    pub max_inflight_threads: Option<u32>,
     /// Pair syscall entry and exit through the in-flight hash map only, without
     /// the per-CPU fast path and its sched_switch program.
     #[arg(long, hide = true)]
@@ -93,9 +103,43 @@ pub struct RunArgs {
 pub struct Threshold(pub Option<Duration>);
 
 impl RunArgs {
-    /// The configuration these flags and the environment describe. Flags win
-    /// over OTEL_* variables.
+    /// The configuration these flags, the config file and the environment
+    /// describe, checked whole. Flags win over the file, which wins over
+    /// OTEL_* variables.
     pub fn into_config(self, env: Env) -> Result<Config, ConfigError> {
+        let path = self.config.clone().or_else(|| {
+            env("HOSTSCOPE_CONFIG")
+                .filter(|p| !p.trim().is_empty())
+                .map(PathBuf::from)
+        });
+        let file = match path {
+            Some(p) => Loaded::read(&p)?,
+            None => Loaded::default(),
+        };
+        let layered = |name: &str| file.lookup(name, env);
+        let cfg = self
+            .into_config_layered(&layered, &file)
+            .and_then(|c| c.validate().map(|()| c))
+            .map_err(|e| name_file_key(e, &file))?;
+        // A bad value in the file is an error even where the exporter that
+        // would use it is not chosen: the file is checked whole.
+        if file.file.otlp.is_some() {
+            for signal in [Signal::Metrics, Signal::Traces] {
+                match SignalConfig::from_env(signal, &layered) {
+                    Err(e)
+                        if matches!(&e, OtlpConfigError::Invalid { var, .. }
+                            if file.key_of(var).is_some()) =>
+                    {
+                        return Err(name_file_key(ConfigError::Otlp(e), &file));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn into_config_layered(self, env: Env, file: &Loaded) -> Result<Config, ConfigError> {
         let (metrics_exporters, traces_exporters) = if self.exporters.is_empty() {
             (
                 exporters_from_env("OTEL_METRICS_EXPORTER", env)?,
@@ -141,7 +185,7 @@ impl RunArgs {
                     })?
             }
         };
-        let mut cfg = self.into_config_with(metrics_exporters, traces_exporters);
+        let mut cfg = self.into_config_with(metrics_exporters, traces_exporters, &file.file);
         cfg.interval = interval;
         cfg.prometheus_listen = prometheus_listen;
         cfg.resolve_otlp(env)?;
@@ -149,32 +193,93 @@ impl RunArgs {
         Ok(cfg)
     }
 
+    /// Settings without an OTEL_* variable: the flag, else the file, else
+    /// the default.
     fn into_config_with(
         self,
         metrics_exporters: Vec<ExporterKind>,
         traces_exporters: Vec<ExporterKind>,
+        f: &FileConfig,
     ) -> Config {
         let a = self;
-        let defaults = Config::default();
+        let d = Config::default();
+        let ds = d.syscalls.clone();
+        let export = f.export.as_ref();
+        let sc = f.syscalls.as_ref();
         Config {
             duration: a.duration,
             metrics_exporters,
             traces_exporters,
-            export_queue_bytes: a.export_queue_bytes,
-            export_max_request_bytes: a.export_max_request_bytes,
-            hook_type: a.hook_type,
+            export_queue_bytes: a
+                .export_queue_bytes
+                .or(export.and_then(|e| e.queue_bytes))
+                .unwrap_or(d.export_queue_bytes),
+            export_max_request_bytes: a
+                .export_max_request_bytes
+                .or(export.and_then(|e| e.max_request_bytes))
+                .unwrap_or(d.export_max_request_bytes),
+            shutdown_timeout: export
+                .and_then(|e| e.shutdown_timeout)
+                .unwrap_or(d.shutdown_timeout),
+            hook_type: a
+                .hook_type
+                .or(f.hook_type.map(Into::into))
+                .unwrap_or(d.hook_type),
             syscalls: SyscallsConfig {
-                enabled: !a.no_syscalls,
-                fast_path: !a.no_syscall_fast_path,
-                slow_threshold: a.slow_threshold.0,
-                slow_events_per_cpu_per_sec: a.slow_events_per_cpu,
-                max_series: a.max_syscall_series,
-                max_error_series: a.max_syscall_error_series,
-                max_inflight_threads: a.max_inflight_threads,
-                ..defaults.syscalls
+                enabled: !a.no_syscalls && sc.and_then(|s| s.enabled).unwrap_or(ds.enabled),
+                fast_path: !a.no_syscall_fast_path && ds.fast_path,
+                slow_threshold: a
+                    .slow_threshold
+                    .map(|t| t.0)
+                    .or(sc.and_then(|s| s.slow_threshold))
+                    .unwrap_or(ds.slow_threshold),
+                slow_events_per_cpu_per_sec: a
+                    .slow_events_per_cpu
+                    .or(sc.and_then(|s| s.slow_events_per_cpu))
+                    .unwrap_or(ds.slow_events_per_cpu_per_sec),
+                max_series: a.max_syscall_series.or(sc.and_then(|s| s.max_series)),
+                max_error_series: a
+                    .max_syscall_error_series
+                    .or(sc.and_then(|s| s.max_error_series))
+                    .unwrap_or(ds.max_error_series),
+                max_inflight_threads: a
+                    .max_inflight_threads
+                    .or(sc.and_then(|s| s.max_inflight_threads))
+                    .unwrap_or(ds.max_inflight_threads),
+                ..ds
             },
-            ..defaults
+            ..d
         }
+    }
+}
+
+/// An error in a value the config file supplied names the file and key
+/// rather than the variable it stands for.
+fn name_file_key(e: ConfigError, file: &Loaded) -> ConfigError {
+    // A range error names "--flag (file.key)"; it is the file's when the
+    // file gave that very value (a flag with another value won).
+    if let ConfigError::OutOfRange { name, value, .. } = &e
+        && let Some((_, key)) = name.split_once(" (")
+        && file.number(key.trim_end_matches(')')) == Some(*value)
+    {
+        return ConfigError::File(FileError::Invalid {
+            path: file.path.clone(),
+            key: key.trim_end_matches(')').to_string(),
+            reason: e.to_string(),
+        });
+    }
+    let var = match &e {
+        ConfigError::Env { var, .. } => var.to_string(),
+        ConfigError::Otlp(OtlpConfigError::Invalid { var, .. }) => var.clone(),
+        _ => return e,
+    };
+    match file.key_of(&var) {
+        Some(key) => ConfigError::File(FileError::Invalid {
+            path: file.path.clone(),
+            key: key.to_string(),
+            reason: e.to_string(),
+        }),
+        None => e,
     }
 }
 
@@ -256,5 +361,98 @@ mod tests {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
         }
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let Command::Run(a) = parse(&[&["run"][..], args].concat()).unwrap().command else {
+            panic!("expected run")
+        };
+        a
+    }
+
+    /// A config file in a fresh temporary directory, removed on drop.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("hostscope-cli-test-{}-{name}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("hostscope.yaml");
+            std::fs::write(&path, text).unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_the_environment() {
+        let f = TempFile::new(
+            "precedence",
+            "interval: 3s\nexport: { queue_bytes: 100000 }\n\
+             syscalls: { max_error_series: 77, slow_threshold: off }\n\
+             otlp: { protocol: grpc, headers: { x-from: file } }\n",
+        );
+        let path = f.0.to_str().unwrap();
+        let env = |n: &str| match n {
+            "OTEL_METRIC_EXPORT_INTERVAL" => Some("9000".to_string()),
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".to_string()),
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://env:4317".to_string()),
+            _ => None,
+        };
+        let c = run_args(&["--config", path, "--max-syscall-error-series", "50"])
+            .into_config(&env)
+            .unwrap();
+        assert_eq!(c.interval, Duration::from_secs(3), "file over env");
+        assert_eq!(c.export_queue_bytes, 100_000, "file over default");
+        assert_eq!(c.syscalls.max_error_series, 50, "flag over file");
+        assert_eq!(c.syscalls.slow_threshold, None, "file: off");
+        let m = c.otlp_metrics.expect("otlp metrics");
+        assert_eq!(
+            m.protocol,
+            crate::export::otlp_config::Protocol::Grpc,
+            "file over env"
+        );
+        assert_eq!(
+            m.endpoint, "http://env:4317",
+            "env where the file is silent"
+        );
+        assert_eq!(m.headers, vec![("x-from".to_string(), "file".to_string())]);
+        // The same file through HOSTSCOPE_CONFIG.
+        let env2 = |n: &str| (n == "HOSTSCOPE_CONFIG").then(|| path.to_string());
+        let c = run_args(&["--interval", "1"]).into_config(&env2).unwrap();
+        assert_eq!(c.interval, Duration::from_secs(1), "flag over file");
+        assert_eq!(c.export_queue_bytes, 100_000);
+    }
+
+    #[test]
+    fn file_errors_name_the_file_and_key() {
+        let f = TempFile::new(
+            "bad-protocol",
+            "otlp:\n  metrics:\n    protocol: carrier-pigeon\n",
+        );
+        let path = f.0.to_str().unwrap();
+        let err = run_args(&["--config", path])
+            .into_config(&|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("config file {path}: otlp.metrics.protocol: ")),
+            "{err}"
+        );
+        assert!(err.contains("expected grpc or http/protobuf"), "{err}");
+        let err = run_args(&["--config", "/nonexistent/hostscope.yaml"])
+            .into_config(&|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config file /nonexistent/hostscope.yaml: cannot read it"),
+            "{err}"
+        );
     }
 }

@@ -197,7 +197,9 @@ impl Default for SyscallsConfig {
 /// A setting that cannot work, named with the offending value.
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
-    #[error("--interval must be more than 0 seconds and at most 1 day, got {0:?}")]
+    #[error(
+        "--interval (interval in the config file) must be more than 0 seconds and at most 1 day, got {0:?}"
+    )]
     Interval(Duration),
     #[error("--duration must be more than 0 seconds, got {0:?}")]
     RunDuration(Duration),
@@ -220,6 +222,8 @@ pub enum ConfigError {
     Otlp(#[from] OtlpConfigError),
     #[error("{0}")]
     Tls(String),
+    #[error(transparent)]
+    File(#[from] crate::config_file::FileError),
 }
 
 impl Config {
@@ -237,35 +241,40 @@ impl Config {
             return Err(ConfigError::NoExporter);
         }
         range(
-            "--export-queue-bytes",
+            "--export-queue-bytes (export.queue_bytes)",
             self.export_queue_bytes as u64,
             4096,
             1 << 32,
         )?;
         range(
-            "--export-max-request-bytes",
+            "--export-max-request-bytes (export.max_request_bytes)",
             self.export_max_request_bytes as u64,
             4096,
             1 << 32,
         )?;
         let s = &self.syscalls;
         range(
-            "--slow-events-per-cpu",
+            "--slow-events-per-cpu (syscalls.slow_events_per_cpu)",
             s.slow_events_per_cpu_per_sec.into(),
             0,
             100_000,
         )?;
         if let Some(n) = s.max_series {
-            range("--max-syscall-series", n.into(), 16, 1 << 22)?;
+            range(
+                "--max-syscall-series (syscalls.max_series)",
+                n.into(),
+                16,
+                1 << 22,
+            )?;
         }
         range(
-            "--max-syscall-error-series",
+            "--max-syscall-error-series (syscalls.max_error_series)",
             s.max_error_series.into(),
             16,
             1 << 22,
         )?;
         range(
-            "--max-inflight-threads",
+            "--max-inflight-threads (syscalls.max_inflight_threads)",
             s.max_inflight_threads.into(),
             64,
             1 << 22,

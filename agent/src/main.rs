@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod config;
+mod config_file;
 mod ebpf;
 mod export;
 mod identity;
@@ -46,10 +47,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if let Err(e) = cfg.validate() {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
             runtime.block_on(async { agent::Agent::start(cfg).run().await })
         }
         Command::BenchFloor { duration } => runtime.block_on(agent::bench_floor(duration)),

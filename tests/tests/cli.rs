@@ -9,8 +9,12 @@ use std::{
 use hostscope_tests::{hostscope_bin, otlp, require_root};
 use serde_json::Value;
 
+/// Runs the agent to completion; killed after 60 s so a run that should
+/// have exited cannot hang the suite (it then fails on its exit status).
 fn run(args: &[&str]) -> Output {
-    Command::new(hostscope_bin())
+    Command::new("timeout")
+        .args(["--signal=KILL", "60"])
+        .arg(hostscope_bin())
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -24,6 +28,49 @@ fn metrics_lines(out: &Output) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .filter(|v: &Value| v.get("resourceMetrics").is_some())
         .collect()
+}
+
+/// A config file with an unknown key or a bad value exits 2, naming the
+/// file and the key, before anything is attached.
+#[test]
+fn bad_config_file_exits_2_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("hostscope-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    for (i, (text, key)) in [
+        ("syscalls:\n  max_seriez: 10\n", "syscalls.max_seriez"),
+        ("otlp:\n  compression: zstd\n", "otlp.compression"),
+        ("export:\n  queue_bytes: 10\n", "export.queue_bytes"),
+        ("interval: often\n", "interval"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.join(format!("bad-{i}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap();
+        let out = run(&["run", "--exporter", "stdout", "--config", path]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{text:?} should exit 2; stderr: {stderr}"
+        );
+        assert!(
+            stderr.contains(path) && stderr.contains(key),
+            "{text:?}: the message should name {path} and {key}; got: {stderr}"
+        );
+        assert!(
+            !stderr.contains("attached"),
+            "{text:?}: nothing may be attached; got: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -177,6 +177,69 @@ fn grpc_content_gzip_and_headers() {
     }
 }
 
+/// A config file configures the OTLP exporter and wins over the OTEL_*
+/// variables: the environment points at a port nobody listens on with the
+/// wrong protocol, the file at the collector over gRPC with gzip and headers.
+#[test]
+fn config_file_configures_otlp_over_the_environment() {
+    require_root();
+    let collector = Collector::grpc(0);
+    let dir = std::env::temp_dir().join(format!("hostscope-export-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let path = dir.join("hostscope.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "interval: 500ms\n\
+             exporters: {{ metrics: [otlp] }}\n\
+             otlp:\n  endpoint: {}\n  protocol: grpc\n  compression: gzip\n\
+             \x20 headers: {{ api-key: from-file, x-tenant: team a }}\n\
+             \x20 metrics:\n    default_histogram_aggregation: base2_exponential_bucket_histogram\n\
+             syscalls: {{ slow_threshold: \"off\" }}\n",
+            collector.endpoint()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start_with(
+        &["--config", path.to_str().unwrap()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=from-env"),
+            ("OTEL_METRICS_EXPORTER", "console"),
+        ],
+    );
+    let pid = run_workload();
+    let stdout = agent.stop_with(libc::SIGTERM);
+    assert!(
+        stdout.is_empty(),
+        "the file's exporters (otlp only) replace OTEL_METRICS_EXPORTER=console; stdout had {} lines",
+        stdout.len()
+    );
+    let received = collector.received();
+    check_content(&received, pid, true);
+    for r in metrics(&received) {
+        assert!(r.gzip, "compression: gzip from the file");
+        assert_eq!(
+            r.header("api-key"),
+            Some("from-file"),
+            "the file wins over the variable"
+        );
+        assert_eq!(
+            r.header("x-tenant"),
+            Some("team a"),
+            "a value with a space survives"
+        );
+    }
+}
+
 #[test]
 fn http_protobuf_content_and_per_signal_headers() {
     require_root();

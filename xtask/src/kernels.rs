@@ -144,11 +144,11 @@ fn build_initramfs(dir: &Path) -> Result<PathBuf> {
     );
     for mode in MODES {
         script.push_str(&format!(
-            "hostscope run --exporter stdout --hook-type {mode} --interval 1 --duration 6 \
+            "hostscope run --exporter stdout --hook-type {mode} --interval 1 --duration 240 \
              > /tmp/out 2> /tmp/err &\nHP=$!\n\
              i=0; while ! grep -q 'signal attached\\|not attached' /tmp/err && [ $i -lt 150 ]; do sleep 0.2; i=$((i+1)); done\n\
              echo go | hostscope-workload mix --getppid {GETPPID} --ebadf {EBADF} --sleeps {SLEEPS} --sleep-ms 130 > /tmp/wl\n\
-             wait $HP\n\
+             sleep 1; kill -TERM $HP; wait $HP\n\
              echo '@@BEGIN {mode}'; echo '@@WORKLOAD'; cat /tmp/wl; echo '@@STDERR'; cat /tmp/err; \
              echo '@@STDOUT'; cat /tmp/out; echo '@@END'\n"
         ));
@@ -249,7 +249,13 @@ fn check(log: &str) -> Result<Vec<String>> {
             let seen = counts.iter().find(|(s, _)| s == name).map(|(_, c)| *c);
             if seen != Some(n) {
                 bail!(
-                    "{kernel}, {mode}: {name} count for pid {pid}: expected {n}, saw {seen:?}; agent log:\n{stderr}"
+                    "{kernel}, {mode}: {name} count for pid {pid}: expected {n}, saw {seen:?} \
+                     ({} stdout lines, {} naming the pid); agent log:\n{stderr}",
+                    stdout.lines().count(),
+                    stdout
+                        .lines()
+                        .filter(|l| l.contains(&format!("\"{pid}\"")))
+                        .count()
                 );
             }
         }
@@ -310,7 +316,9 @@ fn counts(stdout: &str, pid: u64) -> Vec<(String, u64)> {
                     found.push((name, count));
                 }
             }
-            last = found;
+            if !found.is_empty() {
+                last = found;
+            }
         }
     }
     last

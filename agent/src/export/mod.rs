@@ -58,6 +58,9 @@ pub struct Exporters {
     delta: DeltaConverter,
     explicit_histograms: bool,
     max_request_bytes: usize,
+    queue_bytes: usize,
+    /// Whether the interval-larger-than-queue warning was given.
+    warned_queue: bool,
     prometheus: Option<prometheus::PrometheusEndpoint>,
 }
 
@@ -100,6 +103,8 @@ impl Exporters {
                 })
                 .flatten(),
             max_request_bytes: cfg.export_max_request_bytes.min(cfg.export_queue_bytes),
+            queue_bytes: cfg.export_queue_bytes,
+            warned_queue: false,
             explicit_histograms: cfg
                 .otlp_metrics
                 .as_ref()
@@ -136,7 +141,17 @@ impl Exporters {
             if self.explicit_histograms {
                 explicit::to_explicit(&mut metrics);
             }
-            for part in split::metrics(metrics, self.max_request_bytes) {
+            let parts = split::metrics(metrics, self.max_request_bytes);
+            let bytes: usize = parts.iter().map(|p| p.encoded_len()).sum();
+            if bytes > self.queue_bytes && !std::mem::replace(&mut self.warned_queue, true) {
+                warn!(
+                    "one interval of metrics encodes to {bytes} bytes, more than the whole export \
+                     queue ({} bytes): its oldest requests are dropped every interval; raise \
+                     --export-queue-bytes",
+                    self.queue_bytes
+                );
+            }
+            for part in parts {
                 o.submit(part);
             }
         }
