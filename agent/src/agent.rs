@@ -20,7 +20,7 @@ use crate::{
     export::Exporters,
     identity::{self, HostInfo, ProcessCache, ProcessInfo},
     otlp::{self, Window},
-    signals::{Collected, syscalls::Syscalls},
+    signals::{Collected, syscalls::Syscalls, tcp::Tcp},
 };
 
 /// Bytes of one `SYSCALL_STATS` value on one CPU.
@@ -34,6 +34,7 @@ pub struct Agent {
     /// Keeps the programs attached; dropping it detaches them.
     _ebpf: Option<Ebpf>,
     syscalls: Option<Syscalls>,
+    tcp: Option<Tcp>,
     started_unix_nano: u64,
     /// Everything attached, for self-telemetry.
     attached: Vec<Attached>,
@@ -51,6 +52,7 @@ impl Agent {
             exporters,
             _ebpf: None,
             syscalls: None,
+            tcp: None,
             started_unix_nano,
             attached: Vec::new(),
             cfg,
@@ -60,7 +62,7 @@ impl Agent {
     }
 
     fn load(&mut self) {
-        if !self.cfg.syscalls.enabled {
+        if !self.cfg.syscalls.enabled && !self.cfg.tcp.enabled {
             info!("no signal enabled; exporting self-telemetry only");
             return;
         }
@@ -79,6 +81,11 @@ impl Agent {
             syscall_series: stats_capacity,
             syscall_error_series: s.max_error_series,
             inflight_threads: s.max_inflight_threads,
+            tcp_offsets: self.tcp_offsets(),
+            tcp_per_connection: self.cfg.tcp.per_connection,
+            tcp_events_per_cpu_per_sec: self.cfg.tcp.events_per_cpu_per_sec.into(),
+            tcp_series: self.cfg.tcp.max_series,
+            tcp_sockets: self.cfg.tcp.max_sockets,
         };
         let mut obj = match ebpf::load(&settings) {
             Ok(obj) => obj,
@@ -88,6 +95,38 @@ impl Agent {
             }
         };
         let btf = ebpf::kernel_btf();
+        if settings.tcp_offsets.valid == 1 {
+            match Tcp::start(
+                &mut obj,
+                btf.as_ref(),
+                &self.cfg.tcp,
+                self.cfg.hook_type,
+                self.started_unix_nano,
+            ) {
+                Ok(t) => {
+                    let hooks: Vec<String> = t
+                        .programs
+                        .iter()
+                        .map(|p| {
+                            format!("{}={}", p.label.trim_start_matches("tcp/"), p.hook.as_str())
+                        })
+                        .collect();
+                    info!(
+                        hooks = hooks.join(" "),
+                        per_connection = self.cfg.tcp.per_connection,
+                        max_series = self.cfg.tcp.max_series,
+                        "tcp signal attached"
+                    );
+                    self.attached.extend(t.programs.iter().cloned());
+                    self.tcp = Some(t);
+                }
+                Err(e) => error!("tcp signal not attached: {e}"),
+            }
+        }
+        if !self.cfg.syscalls.enabled {
+            self._ebpf = Some(obj);
+            return;
+        }
         match Syscalls::start(
             &mut obj,
             btf.as_ref(),
@@ -119,6 +158,26 @@ impl Agent {
         self._ebpf = Some(obj);
     }
 
+    /// Field offsets for the tcp programs from the running kernel's BTF;
+    /// without them the tcp signal stays off, saying why.
+    fn tcp_offsets(&self) -> hostscope_common::tcp::TcpOffsets {
+        if !self.cfg.tcp.enabled {
+            return Default::default();
+        }
+        let resolved = crate::btf::KernelBtf::load()
+            .and_then(|btf| crate::signals::tcp::resolve_offsets(&btf));
+        match resolved {
+            Ok(o) => o,
+            Err(e) => {
+                error!(
+                    "tcp signal not attached: it reads kernel struct fields located through the \
+                     kernel's BTF, and {e}"
+                );
+                Default::default()
+            }
+        }
+    }
+
     /// Runs until the configured duration ends or SIGINT/SIGTERM arrives, then
     /// exports the last interval and detaches.
     pub async fn run(mut self) -> Result<()> {
@@ -135,6 +194,12 @@ impl Agent {
                     None => std::future::pending().await,
                 }
             };
+            let tcp_events = async {
+                match self.tcp.as_mut() {
+                    Some(t) => t.drain_events().await,
+                    None => std::future::pending().await,
+                }
+            };
             let until_deadline = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -144,6 +209,7 @@ impl Agent {
             tokio::select! {
                 _ = ticker.tick() => self.export_interval(),
                 () = events => {}
+                () = tcp_events => {}
                 _ = sigint.recv() => { info!("SIGINT: flushing and detaching"); break; }
                 _ = sigterm.recv() => { info!("SIGTERM: flushing and detaching"); break; }
                 () = until_deadline => { info!("duration reached: flushing and detaching"); break; }
@@ -152,6 +218,9 @@ impl Agent {
         // Pick up events already in the ring buffer, then flush.
         if let Some(s) = self.syscalls.as_mut() {
             let _ = tokio::time::timeout(Duration::from_millis(50), s.drain_events()).await;
+        }
+        if let Some(t) = self.tcp.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_millis(50), t.drain_events()).await;
         }
         self.export_interval();
         let deadline = std::time::Instant::now() + self.cfg.shutdown_timeout;
@@ -166,6 +235,9 @@ impl Agent {
         let t0 = std::time::Instant::now();
         if let Some(s) = self.syscalls.as_mut() {
             s.collect(now, mono_to_unix, &mut self.cache, &mut collected);
+        }
+        if let Some(t) = self.tcp.as_mut() {
+            t.collect(now, mono_to_unix, &mut self.cache, &mut collected);
         }
         let t1 = std::time::Instant::now();
         let (metrics, traces) = self.requests(now, collected);
@@ -279,6 +351,26 @@ impl Agent {
         agent_attrs.push(otlp::kv_int("process.pid", std::process::id().into()));
         resource_metrics.push(otlp::resource_metrics(agent_attrs, agent_metrics));
 
+        if !collected.host_spans.is_empty() {
+            resource_spans.push(ResourceSpans {
+                resource: Some(Resource {
+                    attributes: self.host_attributes(),
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(otlp::scope()),
+                    spans: collected.host_spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        if !collected.host.is_empty() {
+            resource_metrics.push(otlp::resource_metrics(
+                self.host_attributes(),
+                collected.host,
+            ));
+        }
         for batch in collected.processes.into_values() {
             let attrs = self.process_attributes(&batch.info);
             if !batch.spans.is_empty() {
@@ -324,6 +416,11 @@ pub async fn bench_floor(duration: Duration) -> Result<()> {
         syscall_series: 256,
         syscall_error_series: 256,
         inflight_threads: 256,
+        tcp_offsets: Default::default(),
+        tcp_per_connection: false,
+        tcp_events_per_cpu_per_sec: 0,
+        tcp_series: 16,
+        tcp_sockets: 256,
     };
     let mut obj = ebpf::load(&settings)?;
     let btf = ebpf::kernel_btf().context("bench-floor needs kernel BTF")?;

@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     config::{
-        Config, ConfigError, Env, ExporterKind, HookPreference, SyscallsConfig, exporters_from_env,
+        Config, ConfigError, Env, ExporterKind, HookPreference, SyscallsConfig, TcpConfig,
+        exporters_from_env,
     },
     config_file::{FileConfig, FileError, Loaded},
     export::otlp_config::{OtlpConfigError, Signal, SignalConfig},
@@ -24,6 +25,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up: the size difference between variants is moot.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach the kernel programs and export what they measure every interval.
@@ -90,6 +93,25 @@ pub struct RunArgs {
     /// Bound on threads tracked inside a syscall at once [default: 32768].
     #[arg(long)]
     pub max_inflight_threads: Option<u32>,
+    /// Do not attach the TCP retransmit and reset programs.
+    #[arg(long)]
+    pub no_tcp: bool,
+    /// TCP series per connection (local address and port too) rather than
+    /// per (process, peer address, peer port).
+    #[arg(long)]
+    pub tcp_per_connection: bool,
+    /// Bound on TCP (process, peer, kind) series in the kernel map
+    /// [default: 4096].
+    #[arg(long)]
+    pub max_tcp_series: Option<u32>,
+    /// Bound on sockets whose owning process is remembered (LRU)
+    /// [default: 65536].
+    #[arg(long)]
+    pub max_tcp_sockets: Option<u32>,
+    /// In-kernel limit on TCP retransmit/reset events (for episode spans)
+    /// per CPU per second [default: 1000].
+    #[arg(long)]
+    pub tcp_events_per_cpu: Option<u32>,
     /// Pair syscall entry and exit through the in-flight hash map only, without
     /// the per-CPU fast path and its sched_switch program.
     #[arg(long, hide = true)]
@@ -206,6 +228,8 @@ impl RunArgs {
         let ds = d.syscalls.clone();
         let export = f.export.as_ref();
         let sc = f.syscalls.as_ref();
+        let tc = f.tcp.as_ref();
+        let dt = d.tcp.clone();
         Config {
             duration: a.duration,
             metrics_exporters,
@@ -247,6 +271,25 @@ impl RunArgs {
                     .or(sc.and_then(|s| s.max_inflight_threads))
                     .unwrap_or(ds.max_inflight_threads),
                 ..ds
+            },
+            tcp: TcpConfig {
+                enabled: !a.no_tcp && tc.and_then(|t| t.enabled).unwrap_or(dt.enabled),
+                per_connection: a.tcp_per_connection
+                    || tc
+                        .and_then(|t| t.per_connection)
+                        .unwrap_or(dt.per_connection),
+                max_series: a
+                    .max_tcp_series
+                    .or(tc.and_then(|t| t.max_series))
+                    .unwrap_or(dt.max_series),
+                max_sockets: a
+                    .max_tcp_sockets
+                    .or(tc.and_then(|t| t.max_sockets))
+                    .unwrap_or(dt.max_sockets),
+                events_per_cpu_per_sec: a
+                    .tcp_events_per_cpu
+                    .or(tc.and_then(|t| t.events_per_cpu))
+                    .unwrap_or(dt.events_per_cpu_per_sec),
             },
             ..d
         }

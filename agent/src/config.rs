@@ -128,6 +128,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub hook_type: HookPreference,
     pub syscalls: SyscallsConfig,
+    pub tcp: TcpConfig,
     /// From OTEL_RESOURCE_ATTRIBUTES: added to every resource, except
     /// `service.*` keys, which describe the agent and go on its resource only.
     pub resource_attributes: Vec<(String, String)>,
@@ -158,6 +159,34 @@ pub struct SyscallsConfig {
     pub kernel_memory_budget: u64,
 }
 
+/// Settings of the tcp signal.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TcpConfig {
+    pub enabled: bool,
+    /// Series per connection (local address and port too) instead of per
+    /// (process, peer address, peer port).
+    pub per_connection: bool,
+    /// Bound on series held in the kernel map.
+    pub max_series: u32,
+    /// Bound on sockets whose owner is remembered (LRU beyond it).
+    pub max_sockets: u32,
+    /// In-kernel rate limit for retransmit/reset events (episodes), per CPU
+    /// per second.
+    pub events_per_cpu_per_sec: u32,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_connection: false,
+            max_series: 4096,
+            max_sockets: 65_536,
+            events_per_cpu_per_sec: 1000,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -173,6 +202,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             hook_type: HookPreference::Auto,
             syscalls: SyscallsConfig::default(),
+            tcp: TcpConfig::default(),
             resource_attributes: Vec::new(),
             service_name: "hostscope".to_string(),
         }
@@ -251,6 +281,24 @@ impl Config {
             self.export_max_request_bytes as u64,
             4096,
             1 << 32,
+        )?;
+        range(
+            "--max-tcp-series (tcp.max_series)",
+            self.tcp.max_series.into(),
+            16,
+            1 << 22,
+        )?;
+        range(
+            "--max-tcp-sockets (tcp.max_sockets)",
+            self.tcp.max_sockets.into(),
+            256,
+            1 << 24,
+        )?;
+        range(
+            "--tcp-events-per-cpu (tcp.events_per_cpu)",
+            self.tcp.events_per_cpu_per_sec.into(),
+            0,
+            100_000,
         )?;
         let s = &self.syscalls;
         range(

@@ -44,6 +44,17 @@ pub struct FileConfig {
     pub export: Option<Export>,
     pub hook_type: Option<HookName>,
     pub syscalls: Option<Syscalls>,
+    pub tcp: Option<Tcp>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tcp {
+    pub enabled: Option<bool>,
+    pub per_connection: Option<bool>,
+    pub max_series: Option<u32>,
+    pub max_sockets: Option<u32>,
+    pub events_per_cpu: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -420,6 +431,9 @@ impl Loaded {
             "syscalls.max_series" => s?.max_series.map(u64::from),
             "syscalls.max_error_series" => s?.max_error_series.map(u64::from),
             "syscalls.max_inflight_threads" => s?.max_inflight_threads.map(u64::from),
+            "tcp.max_series" => f.tcp.as_ref()?.max_series.map(u64::from),
+            "tcp.max_sockets" => f.tcp.as_ref()?.max_sockets.map(u64::from),
+            "tcp.events_per_cpu" => f.tcp.as_ref()?.events_per_cpu.map(u64::from),
             _ => None,
         }
     }

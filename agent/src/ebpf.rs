@@ -92,6 +92,12 @@ pub struct LoadSettings {
     pub syscall_series: u32,
     pub syscall_error_series: u32,
     pub inflight_threads: u32,
+    /// Kernel field offsets for the tcp programs (`valid == 0`: they do nothing).
+    pub tcp_offsets: hostscope_common::tcp::TcpOffsets,
+    pub tcp_per_connection: bool,
+    pub tcp_events_per_cpu_per_sec: u64,
+    pub tcp_series: u32,
+    pub tcp_sockets: u32,
 }
 
 /// Raises RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to.
@@ -112,6 +118,7 @@ pub fn raise_memlock_rlimit() {
 
 /// Creates the maps and reads the programs; nothing is attached yet.
 pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
+    let per_connection = u32::from(s.tcp_per_connection);
     let mut loader = EbpfLoader::new();
     loader
         .override_global("AGENT_TGID", &s.agent_tgid, true)
@@ -123,7 +130,16 @@ pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
         )
         .map_max_entries("SYSCALL_STATS", s.syscall_series)
         .map_max_entries("SYSCALL_ERRORS", s.syscall_error_series)
-        .map_max_entries("SYSCALL_INFLIGHT", s.inflight_threads);
+        .map_max_entries("SYSCALL_INFLIGHT", s.inflight_threads)
+        .override_global("TCP_OFFSETS", &s.tcp_offsets, true)
+        .override_global("TCP_PER_CONNECTION", &per_connection, true)
+        .override_global(
+            "TCP_EVENTS_PER_CPU_PER_SEC",
+            &s.tcp_events_per_cpu_per_sec,
+            true,
+        )
+        .map_max_entries("TCP_STATS", s.tcp_series)
+        .map_max_entries("TCP_OWNERS", s.tcp_sockets);
     loader.load(OBJECT).map_err(|source| {
         let hint = match &source {
             EbpfError::MapError(_) => {

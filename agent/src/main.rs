@@ -1,6 +1,7 @@
 //! `hostscope`: eBPF host observability agent exporting OTLP.
 
 mod agent;
+mod btf;
 mod cli;
 mod config;
 mod config_file;

@@ -20,6 +20,7 @@ use std::{
 use serde_json::Value;
 
 pub mod collector;
+pub mod netns;
 pub mod otlp;
 
 /// Path of the agent binary: `$HOSTSCOPE_BIN`, else in this test's target

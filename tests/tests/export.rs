@@ -661,7 +661,13 @@ fn collector_outage_drops_oldest_counts_and_recovers() {
         |r| r.len() > seen,
     );
     collector.stop();
-    std::thread::sleep(Duration::from_secs(3));
+    // Down until the queue has overflowed (intervals vary in size with the
+    // host's process churn, so a fixed outage may not be enough).
+    agent.stderr.wait_for(
+        "export queue full",
+        Duration::from_secs(60),
+        "the queue to overflow while the collector is down",
+    );
     assert!(
         agent.is_running(),
         "the agent must keep running while the collector is down"

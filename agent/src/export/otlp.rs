@@ -128,6 +128,9 @@ struct QueueState {
     items: VecDeque<(Payload, usize)>,
     bytes: usize,
     closed: bool,
+    /// Whether the queue-full warning was given since the queue last ran
+    /// empty (once per backlog, not once per dropped request).
+    warned_full: bool,
 }
 
 /// Bounded FIFO of payloads; full means the oldest go first.
@@ -160,6 +163,12 @@ impl Queue {
             };
             s.bytes -= old_len;
             self.stats.dropped.fetch_add(old.items(), Relaxed);
+            if !std::mem::replace(&mut s.warned_full, true) {
+                warn!(
+                    capacity = self.capacity,
+                    "export queue full: dropping the oldest data (counted in hostscope.agent.export.items, outcome dropped)"
+                );
+            }
         }
         s.bytes += len;
         s.items.push_back((payload, len));
@@ -181,6 +190,7 @@ impl Queue {
                 if s.closed {
                     return None;
                 }
+                s.warned_full = false;
             }
             self.ready.notified().await;
         }
@@ -238,6 +248,7 @@ impl SignalExporter {
                 items: VecDeque::new(),
                 bytes: 0,
                 closed: false,
+                warned_full: false,
             }),
             ready: Notify::new(),
             capacity: queue_bytes,
@@ -403,6 +414,7 @@ mod tests {
                 items: VecDeque::new(),
                 bytes: 0,
                 closed: false,
+                warned_full: false,
             }),
             ready: Notify::new(),
             capacity,

@@ -3,6 +3,7 @@
 //! its maps into a [`Collected`] batch.
 
 pub mod syscalls;
+pub mod tcp;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -17,6 +18,10 @@ pub struct Collected {
     pub processes: BTreeMap<u32, ProcessBatch>,
     /// The agent's own telemetry (drops, map fill, attached programs).
     pub agent: Vec<Metric>,
+    /// Measurements of the host that no process owns (e.g. retransmits on
+    /// sockets whose owner was never in view).
+    pub host: Vec<Metric>,
+    pub host_spans: Vec<Span>,
 }
 
 pub struct ProcessBatch {

@@ -520,7 +520,7 @@ fn comm_str(comm: &[u8; 16]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     // getrandom only fails without any entropy source; an all-zero id is
     // invalid in OTLP, so fall back to a counter-derived one.

@@ -22,10 +22,37 @@
 //! `hostscope-workload pingpong N` bounces one byte N times between two
 //! threads over two pipes and prints the mean nanoseconds per round trip
 //! (four syscalls and two context switches each, both threads on one CPU).
+//!
+//! TCP, for the retransmit tests (run inside a test's network namespaces;
+//! IPv6 addresses are written `[fd00:1::2]:5001`). Each is bounded in time
+//! by `--timeout-ms` (default 20000): past it, a watchdog prints
+//! `{"pid":..,"error":"deadline ..","sent":..,"received":..}` and exits 3.
+//! Other failures print a JSON line with `"error"` and exit 1.
+//!
+//! `hostscope-workload tcp-sink --listen ADDR:PORT [--send BYTES]
+//! [--max-bytes B]` listens, prints `{"ready":true,"pid":..,"port":..}`,
+//! accepts one connection; with `--send` writes BYTES to it, shuts down
+//! writing and reads until EOF, else reads until EOF (at most B bytes,
+//! default 4 GiB, exit 4 beyond); closes it and prints
+//! `{"pid":..,"received":..,"sent":..,"peer":"ip:port"}`.
+//!
+//! `hostscope-workload tcp-send --connect ADDR:PORT [--bytes N] [--recv]
+//! [--max-bytes B]` connects (within the deadline), writes N bytes (default
+//! 0) in 64 KiB writes, shuts down writing and reads until EOF (so the peer
+//! has read everything); prints `{"pid":..,"sent":..,"received":..,
+//! "local_port":..,"local":"ip:port"}`. With `--recv` it reads until EOF
+//! *before* shutting down writing: the client of `tcp-sink --send`.
+//!
+//! `hostscope-workload tcp-connect --connect ADDR:PORT --timeout-ms T` makes
+//! one `connect` with a T ms timeout and prints `{"pid":..,"connected":..,
+//! "error":..,"elapsed_ms":..}` (`error` null if it connected); exit 0
+//! either way (its deadline is T + 5 s).
 
 use std::{
     io::{BufRead, Read as _, Write},
-    time::Instant,
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 fn main() {
@@ -52,13 +79,16 @@ fn main() {
             };
             series(procs, k);
         }
+        Some("tcp-sink") => tcp_sink(&args[1..]),
+        Some("tcp-send") => tcp_send(&args[1..]),
+        Some("tcp-connect") => tcp_connect(&args[1..]),
         Some("pingpong") => {
             let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
             println!("{:.2}", pingpong(n));
         }
         _ => {
             eprintln!(
-                "usage: hostscope-workload mix [--getppid N] [--sleeps K] [--sleep-ms M] [--ebadf F] [--enoent E] | getppid-loop N"
+                "usage: hostscope-workload mix [--getppid N] [--sleeps K] [--sleep-ms M] [--ebadf F] [--enoent E] | getppid-loop N | series P K | pingpong N | tcp-sink --listen ADDR:PORT [--send N] | tcp-send --connect ADDR:PORT [--bytes N] [--recv] | tcp-connect --connect ADDR:PORT --timeout-ms T"
             );
             std::process::exit(2);
         }
@@ -105,6 +135,174 @@ fn pingpong(n: u64) -> f64 {
         unsafe { libc::close(fd) };
     }
     ns
+}
+
+/// Bytes written and read so far, for the deadline watchdog's report.
+static SENT: AtomicU64 = AtomicU64::new(0);
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+/// Size of each write, and of the read buffer.
+const CHUNK: usize = 64 * 1024;
+
+fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn socket_addr(args: &[String], name: &str) -> SocketAddr {
+    let v = opt(args, name).unwrap_or_else(|| {
+        eprintln!("{name} ADDR:PORT is required (IPv6: [ADDR]:PORT)");
+        std::process::exit(2);
+    });
+    v.parse()
+        .unwrap_or_else(|_| panic!("{name} takes ADDR:PORT or [ADDR]:PORT, got {v}"))
+}
+
+/// Prints one JSON line and flushes.
+fn emit(v: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Prints `{"pid":..,"error":..,"sent":..,"received":..}` and exits `code`.
+fn fail(error: String, code: i32) -> ! {
+    emit(serde_json::json!({
+        "pid": std::process::id(),
+        "error": error,
+        "sent": SENT.load(Ordering::Relaxed),
+        "received": RECEIVED.load(Ordering::Relaxed),
+    }));
+    std::process::exit(code);
+}
+
+/// The hard deadline: after `ms`, report what was done and exit 3, whatever
+/// the main thread is blocked in.
+fn watchdog(ms: u64) -> Instant {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(ms));
+        fail(format!("deadline of {ms} ms passed"), 3);
+    });
+    Instant::now() + Duration::from_millis(ms)
+}
+
+/// Writes `n` bytes in writes of at most `CHUNK`.
+fn send_bytes(s: &mut TcpStream, n: u64) {
+    let buf = [0x5au8; CHUNK];
+    let mut left = n;
+    while left > 0 {
+        let len = left.min(CHUNK as u64) as usize;
+        match s.write(&buf[..len]) {
+            Ok(0) => fail("write returned 0".into(), 1),
+            Ok(w) => {
+                left -= w as u64;
+                SENT.fetch_add(w as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => fail(format!("write: {e}"), 1),
+        }
+    }
+}
+
+/// Reads until EOF, at most `max` bytes (else exit 4).
+fn recv_to_eof(s: &mut TcpStream, max: u64) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(r) => {
+                if RECEIVED.fetch_add(r as u64, Ordering::Relaxed) + r as u64 > max {
+                    fail(format!("received more than --max-bytes {max}"), 4);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => fail(format!("read: {e}"), 1),
+        }
+    }
+}
+
+fn tcp_sink(args: &[String]) {
+    let listen = socket_addr(args, "--listen");
+    let send = flag(args, "--send", 0);
+    let max = flag(args, "--max-bytes", 4 << 30);
+    watchdog(flag(args, "--timeout-ms", 20_000));
+    let listener =
+        TcpListener::bind(listen).unwrap_or_else(|e| fail(format!("bind {listen}: {e}"), 1));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    emit(serde_json::json!({ "ready": true, "pid": std::process::id(), "port": port }));
+    let (mut s, peer) = listener
+        .accept()
+        .unwrap_or_else(|e| fail(format!("accept: {e}"), 1));
+    drop(listener);
+    if send > 0 {
+        send_bytes(&mut s, send);
+        s.shutdown(Shutdown::Write)
+            .unwrap_or_else(|e| fail(format!("shutdown: {e}"), 1));
+    }
+    recv_to_eof(&mut s, max);
+    drop(s);
+    emit(serde_json::json!({
+        "pid": std::process::id(),
+        "received": RECEIVED.load(Ordering::Relaxed),
+        "sent": SENT.load(Ordering::Relaxed),
+        "peer": peer.to_string(),
+    }));
+}
+
+fn tcp_send(args: &[String]) {
+    let to = socket_addr(args, "--connect");
+    let bytes = flag(args, "--bytes", 0);
+    let recv_first = args.iter().any(|a| a == "--recv");
+    let max = flag(args, "--max-bytes", 4 << 30);
+    let deadline = watchdog(flag(args, "--timeout-ms", 20_000));
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut s = TcpStream::connect_timeout(&to, left.max(Duration::from_millis(1)))
+        .unwrap_or_else(|e| fail(format!("connect {to}: {e}"), 1));
+    let local = s
+        .local_addr()
+        .unwrap_or_else(|e| fail(format!("getsockname: {e}"), 1));
+    send_bytes(&mut s, bytes);
+    if recv_first {
+        recv_to_eof(&mut s, max);
+        s.shutdown(Shutdown::Write)
+            .unwrap_or_else(|e| fail(format!("shutdown: {e}"), 1));
+    } else {
+        s.shutdown(Shutdown::Write)
+            .unwrap_or_else(|e| fail(format!("shutdown: {e}"), 1));
+        recv_to_eof(&mut s, max);
+    }
+    drop(s);
+    emit(serde_json::json!({
+        "pid": std::process::id(),
+        "sent": SENT.load(Ordering::Relaxed),
+        "received": RECEIVED.load(Ordering::Relaxed),
+        "local_port": local.port(),
+        "local": local.to_string(),
+    }));
+}
+
+fn tcp_connect(args: &[String]) {
+    let to = socket_addr(args, "--connect");
+    let timeout_ms = flag(args, "--timeout-ms", 20_000).max(1);
+    watchdog(timeout_ms + 5_000);
+    let t = Instant::now();
+    let r = TcpStream::connect_timeout(&to, Duration::from_millis(timeout_ms));
+    let elapsed_ms = t.elapsed().as_millis() as u64;
+    let (connected, error) = match r {
+        Ok(s) => {
+            let _ = s.shutdown(Shutdown::Both);
+            (true, None)
+        }
+        Err(e) => (false, Some(e.to_string())),
+    };
+    emit(serde_json::json!({
+        "pid": std::process::id(),
+        "connected": connected,
+        "error": error,
+        "elapsed_ms": elapsed_ms,
+    }));
 }
 
 fn flag(args: &[String], name: &str, default: u64) -> u64 {
