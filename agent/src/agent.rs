@@ -108,7 +108,17 @@ impl Agent {
                         .programs
                         .iter()
                         .map(|p| {
-                            format!("{}={}", p.label.trim_start_matches("tcp/"), p.hook.as_str())
+                            // Which variant: with the error argument (6.10+) or not.
+                            let err = if p.program.contains("_err_") {
+                                "+err"
+                            } else {
+                                ""
+                            };
+                            format!(
+                                "{}={}{err}",
+                                p.label.trim_start_matches("tcp/"),
+                                p.hook.as_str()
+                            )
                         })
                         .collect();
                     info!(

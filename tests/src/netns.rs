@@ -102,7 +102,43 @@ impl NetPair {
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
             run(&["ip", "-n", ns, "link", "set", VETH, "up"]);
         }
+        pair.wait_ready(Duration::from_secs(10));
         pair
+    }
+
+    /// Waits until the kernel has processed the carrier coming up on both
+    /// ends: until then the veth is `NO-CARRIER`/`state DOWN` and IPv6 has
+    /// no `ff00::/8` route on it, so neighbour solicitations are dropped
+    /// (`IP_INNOROUTES`) and a first IPv6 connect stalls ~1 s in the
+    /// neighbour queue. The kernel's linkwatch handles carrier changes at
+    /// most once a second host-wide, so after other link changes (such as
+    /// the previous pair's deletion) this can take up to ~1 s.
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        let ready = |side: Side| {
+            let ns = self.name(side);
+            let link = run(&["ip", "-n", ns, "-o", "link", "show", "dev", VETH]);
+            let mroute = run(&["ip", "-n", ns, "-6", "route", "show", "table", "local"]);
+            link.contains(" state UP ")
+                && !link.contains("NO-CARRIER")
+                && mroute.contains(&format!("multicast ff00::/8 dev {VETH} "))
+        };
+        let mut left = vec![Side::A, Side::B];
+        loop {
+            left.retain(|&side| !ready(side));
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "veth {VETH} in {:?} not up (carrier, IPv6 multicast route) within {timeout:?}:\n{}",
+                left.iter().map(|&s| self.name(s)).collect::<Vec<_>>(),
+                left.iter()
+                    .map(|&s| run(&["ip", "-n", self.name(s), "addr", "show", "dev", VETH]))
+                    .collect::<String>()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The namespace's name, as `ip netns` knows it.

@@ -67,8 +67,9 @@ fn series(lines: &[Value], metric: &str, type_key: &str) -> BTreeMap<Series, u64
     out
 }
 
-fn start_agent() -> Agent {
-    let agent = Agent::start(&["--interval", "1", "--slow-threshold", "off"]);
+fn start_agent(extra: &[&str]) -> Agent {
+    let agent =
+        Agent::start(&[&["--interval", "1", "--slow-threshold", "off"][..], extra].concat());
     agent
         .stderr
         .wait_for("tcp signal attached", Duration::from_secs(30), "tcp signal");
@@ -105,13 +106,23 @@ fn assert_close(agent: u64, kernel: u64, what: &str) {
 /// A client in A sends bulk data to a listener in B through a B-side rule
 /// dropping one segment in 20: every retransmitted segment the kernel counts
 /// in A's namespace is the client's, towards B's address and port.
-fn bulk_sender(v6: bool) {
+/// With `per_connection`, the series also carry the client's local address
+/// and port.
+fn bulk_sender(v6: bool, per_connection: bool) {
     require_root();
     let pair = NetPair::new();
-    let (b, port) = (if v6 { pair.b_v6() } else { pair.b_v4() }, 5001u16);
+    let (a, b, port) = if v6 {
+        (pair.a_v6(), pair.b_v6(), 5001u16)
+    } else {
+        (pair.a_v4(), pair.b_v4(), 5001u16)
+    };
     pair.drop_random(Side::B, &format!("tcp dport {port}"), 20);
     let listen = SocketAddr::new(b, port);
-    let agent = start_agent();
+    let agent = start_agent(if per_connection {
+        &["--tcp-per-connection"]
+    } else {
+        &[]
+    });
 
     let mut sink = pair.spawn(
         Side::B,
@@ -199,16 +210,211 @@ fn bulk_sender(v6: bool) {
         ext("TCPSynRetrans"),
         "SYN retransmits: agent {seen:?}"
     );
+
+    // Per-connection granularity names the client's end too; by default
+    // the local port is left out so ephemeral ports do not multiply series.
+    let local = SocketAddr::new(a, sent["local_port"].as_u64().unwrap() as u16);
+    let locals = local_ends(&lines, pid);
+    if per_connection {
+        assert_eq!(
+            locals,
+            vec![local.to_string()],
+            "per-connection series carry the client's address and port"
+        );
+    } else {
+        assert!(locals.is_empty(), "no local address by default: {locals:?}");
+    }
+
+    // Episodes: one span per connection per interval, whose segments add
+    // up to the counter (nothing was rate-limited at this rate).
+    let spans = spans(&lines, pid);
+    assert!(!spans.is_empty(), "retransmit episodes as spans");
+    let in_spans: u64 = spans.iter().map(|s| s.segments).sum();
+    assert_eq!(
+        in_spans,
+        mine,
+        "episode segments add up to the counter; rate-limited: {}",
+        dropped(&lines, "tcp_events_rate_limited")
+    );
+    for s in &spans {
+        assert!(s.start <= s.end, "episode start after its end: {s:?}");
+        assert_eq!(s.peer, listen.to_string());
+        assert_eq!(s.local, local.to_string());
+    }
+}
+
+/// `(peer, local)` of the `network.local.*` attributes of `pid`'s
+/// retransmit series.
+fn local_ends(lines: &[Value], pid: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for (res, m) in metrics_named(lines, "hostscope.tcp.retransmits") {
+        if attr_int(res, "process.pid") != Some(pid) {
+            continue;
+        }
+        for p in m["sum"]["dataPoints"].as_array().into_iter().flatten() {
+            let a = &p["attributes"];
+            if let (Some(addr), Some(port)) = (
+                attr_str(a, "network.local.address"),
+                attr_int(a, "network.local.port"),
+            ) {
+                let end = SocketAddr::new(addr.parse().unwrap(), port as u16).to_string();
+                if !out.contains(&end) {
+                    out.push(end);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (resource attributes, metric) of every metric called `name`.
+fn metrics_named<'a>(lines: &'a [Value], name: &str) -> Vec<(&'a Value, &'a Value)> {
+    let mut out = Vec::new();
+    for line in lines {
+        for rm in line["resourceMetrics"].as_array().into_iter().flatten() {
+            for m in rm["scopeMetrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["metrics"].as_array().into_iter().flatten())
+                .filter(|m| m["name"] == name)
+            {
+                out.push((&rm["resource"]["attributes"], m));
+            }
+        }
+    }
+    out
+}
+
+/// The agent's `hostscope.agent.dropped` for `reason`, latest value.
+fn dropped(lines: &[Value], reason: &str) -> u64 {
+    let mut n = 0;
+    for (_, m) in metrics_named(lines, "hostscope.agent.dropped") {
+        for p in m["sum"]["dataPoints"].as_array().into_iter().flatten() {
+            if attr_str(&p["attributes"], "hostscope.drop.reason").as_deref() == Some(reason) {
+                n = n.max(
+                    p["asInt"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                );
+            }
+        }
+    }
+    n
+}
+
+#[derive(Debug)]
+struct Episode {
+    start: u64,
+    end: u64,
+    segments: u64,
+    peer: String,
+    local: String,
+}
+
+/// `tcp.retransmit` spans on `pid`'s resource.
+fn spans(lines: &[Value], pid: u64) -> Vec<Episode> {
+    let mut out = Vec::new();
+    for line in lines {
+        for rs in line["resourceSpans"].as_array().into_iter().flatten() {
+            if attr_int(&rs["resource"]["attributes"], "process.pid") != Some(pid) {
+                continue;
+            }
+            for sp in rs["scopeSpans"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["spans"].as_array().into_iter().flatten())
+                .filter(|sp| sp["name"] == "tcp.retransmit")
+            {
+                let a = &sp["attributes"];
+                let end = |k: &str, p: &str| {
+                    let addr: std::net::IpAddr =
+                        attr_str(a, k).unwrap_or_default().parse().unwrap();
+                    SocketAddr::new(addr, attr_int(a, p).unwrap_or(0) as u16).to_string()
+                };
+                let num = |k: &str| sp[k].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+                out.push(Episode {
+                    start: num("startTimeUnixNano"),
+                    end: num("endTimeUnixNano"),
+                    segments: attr_int(a, "hostscope.tcp.retransmit.segments").unwrap_or(0),
+                    peer: end("network.peer.address", "network.peer.port"),
+                    local: end("network.local.address", "network.local.port"),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A connection refused by B: the client receives a reset, counted on the
+/// client's process towards B's port, matching B's OutRsts and A's
+/// AttemptFails; B's reset has no socket and no owner, so it is not counted.
+#[test]
+fn refused_connection_reset_is_received_by_the_client() {
+    require_root();
+    let pair = NetPair::new();
+    let target = SocketAddr::new(pair.b_v4(), 5009);
+    let agent = start_agent(&[]);
+    let (rsts, fails) = (
+        pair.snmp(Side::B)["OutRsts"],
+        pair.snmp(Side::A)["AttemptFails"],
+    );
+    let mut client = pair.spawn(
+        Side::A,
+        &[
+            "tcp-connect",
+            "--connect",
+            &target.to_string(),
+            "--timeout-ms",
+            "3000",
+        ],
+    );
+    let pid = u64::from(client.id());
+    let res = JsonLines::new(&mut client).next(Duration::from_secs(10), "tcp-connect result");
+    wait_success(&mut client, Duration::from_secs(5), "tcp-connect");
+    assert_eq!(
+        res["connected"], false,
+        "nothing listens on {target}: {res}"
+    );
+    let sent_by_b = pair.snmp(Side::B)["OutRsts"] - rsts;
+    let failed_in_a = pair.snmp(Side::A)["AttemptFails"] - fails;
+    assert_eq!(
+        (sent_by_b, failed_in_a),
+        (1, 1),
+        "one reset, one refused attempt"
+    );
+
+    std::thread::sleep(Duration::from_millis(1200));
+    let lines = agent.stop_with(libc::SIGTERM);
+    let resets = series(
+        &lines,
+        "hostscope.tcp.resets",
+        "hostscope.tcp.reset.direction",
+    );
+    let (mine, others, seen) = split(&resets, pid, target);
+    assert_eq!(
+        (mine, others),
+        (1, 0),
+        "one reset received by pid {pid} from {target}: {seen:?}"
+    );
+    assert!(
+        resets
+            .keys()
+            .any(|(p, _, _, d)| *p == Some(pid) && d == "received"),
+        "direction received: {seen:?}"
+    );
 }
 
 #[test]
 fn ipv4_bulk_sender_matches_retranssegs() {
-    bulk_sender(false);
+    bulk_sender(false, false);
 }
 
 #[test]
-fn ipv6_bulk_sender_matches_retranssegs() {
-    bulk_sender(true);
+fn ipv6_bulk_sender_per_connection_matches_retranssegs() {
+    bulk_sender(true, true);
 }
 
 /// A server in B accepts a connection and sends bulk data back through an
@@ -221,7 +427,7 @@ fn accepting_server_retransmits_are_its_own() {
     let (a, b, port) = (pair.a_v4(), pair.b_v4(), 5003u16);
     pair.drop_random(Side::A, &format!("tcp sport {port}"), 20);
     let listen = SocketAddr::new(b, port);
-    let agent = start_agent();
+    let agent = start_agent(&[]);
 
     let mut sink = pair.spawn(
         Side::B,
@@ -285,7 +491,7 @@ fn syn_retransmits_belong_to_the_connecting_process() {
     let (b, port) = (pair.b_v4(), 5002u16);
     pair.drop_all(Side::B, &format!("tcp dport {port}"));
     let target = SocketAddr::new(b, port);
-    let agent = start_agent();
+    let agent = start_agent(&[]);
     let before = (
         pair.snmp(Side::A)["RetransSegs"],
         pair.netstat(Side::A)["TCPSynRetrans"],

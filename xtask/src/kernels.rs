@@ -144,9 +144,10 @@ fn build_initramfs(dir: &Path) -> Result<PathBuf> {
     );
     for mode in MODES {
         script.push_str(&format!(
-            "hostscope run --exporter stdout --hook-type {mode} --interval 1 --duration 240 \
+            "rm -f /tmp/out /tmp/err\n\
+             hostscope run --exporter stdout --hook-type {mode} --interval 1 --duration 240 \
              > /tmp/out 2> /tmp/err &\nHP=$!\n\
-             i=0; while ! grep -q 'signal attached\\|not attached' /tmp/err && [ $i -lt 150 ]; do sleep 0.2; i=$((i+1)); done\n\
+             i=0; while ! grep -q 'syscalls signal attached\\|syscalls signal not attached' /tmp/err && [ $i -lt 150 ]; do sleep 0.2; i=$((i+1)); done\n\
              echo go | hostscope-workload mix --getppid {GETPPID} --ebadf {EBADF} --sleeps {SLEEPS} --sleep-ms 130 > /tmp/wl\n\
              sleep 1; kill -TERM $HP; wait $HP\n\
              echo '@@BEGIN {mode}'; echo '@@WORKLOAD'; cat /tmp/wl; echo '@@STDERR'; cat /tmp/err; \
@@ -230,8 +231,17 @@ fn check(log: &str) -> Result<Vec<String>> {
         );
         let attached = stderr
             .lines()
-            .find(|l| l.contains("signal attached"))
+            .find(|l| l.contains("syscalls signal attached"))
             .with_context(|| format!("{kernel}, {mode}: not attached; agent log:\n{stderr}"))?;
+        let tcp = stderr
+            .lines()
+            .find(|l| l.contains("tcp signal attached"))
+            .and_then(|l| l.split("hooks=").nth(1))
+            .and_then(|h| h.split('"').nth(1))
+            .with_context(|| {
+                format!("{kernel}, {mode}: tcp signal not attached; agent log:\n{stderr}")
+            })?
+            .to_string();
         let pid: u64 = workload
             .lines()
             .find_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -264,7 +274,7 @@ fn check(log: &str) -> Result<Vec<String>> {
             .nth(1)
             .unwrap_or("")
             .trim();
-        lines.push(format!("{kernel}, --hook-type {mode}: attached {hooks}; getppid {GETPPID}, fchdir {EBADF}, nanosleep {SLEEPS}: exact"));
+        lines.push(format!("{kernel}, --hook-type {mode}: attached {hooks}; getppid {GETPPID}, fchdir {EBADF}, nanosleep {SLEEPS}: exact; tcp: {tcp}"));
     }
     Ok(lines)
 }

@@ -286,8 +286,15 @@ impl Tcp {
                 Err(e) => debug!(error = %e, "TCP_STATS entry vanished during iteration"),
             }
         }
+        let mut gone = Vec::new();
         for (pid, entries) in by_pid {
             let info = (pid != 0).then(|| identity(cache, pid));
+            if let Some(i) = &info
+                && !cache.is_alive(i)
+            {
+                // Exported once more below, then removed from the kernel map.
+                gone.push(pid);
+            }
             let w = Window {
                 start_unix_nano: self
                     .attached_unix_nano
@@ -302,6 +309,26 @@ impl Tcp {
         }
         self.episodes(mono_to_unix, cache, out);
         self.self_metrics(now_unix_nano, series, out);
+        self.forget(&gone);
+    }
+
+    /// Removes the series of exited processes (after their last export), so
+    /// they do not hold kernel map entries for ever.
+    fn forget(&mut self, gone: &[u32]) {
+        if gone.is_empty() {
+            return;
+        }
+        let keys: Vec<TcpKey> = self
+            .stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| gone.contains(&k.tgid))
+            .collect();
+        for k in keys {
+            if let Err(e) = self.stats.remove(&k) {
+                debug!(error = %e, pid = k.tgid, "could not remove an exited process from TCP_STATS");
+            }
+        }
     }
 
     fn metrics(&self, entries: &[(TcpKey, TcpCounts)], w: Window) -> Vec<Metric> {
