@@ -29,6 +29,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssl",
     // A real Prometheus server (and promtool) scrapes the Prometheus endpoint.
     "prometheus",
+    // The TCP tests: network namespaces and veth (ip), random loss (nft).
+    "iproute2",
+    "nftables",
 ];
 
 /// Runs every setup step in order.
