@@ -6,5 +6,6 @@
 //! feature the types implement `aya::Pod`.
 #![no_std]
 
+pub mod sched;
 pub mod syscalls;
 pub mod tcp;

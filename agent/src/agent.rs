@@ -20,7 +20,7 @@ use crate::{
     export::Exporters,
     identity::{self, HostInfo, ProcessCache, ProcessInfo},
     otlp::{self, Window},
-    signals::{Collected, syscalls::Syscalls, tcp::Tcp},
+    signals::{Collected, cgroups::Cgroups, sched::Sched, syscalls::Syscalls, tcp::Tcp},
 };
 
 /// Bytes of one `SYSCALL_STATS` value on one CPU.
@@ -35,6 +35,9 @@ pub struct Agent {
     _ebpf: Option<Ebpf>,
     syscalls: Option<Syscalls>,
     tcp: Option<Tcp>,
+    sched: Option<Sched>,
+    /// Plain file reader, no kernel program.
+    cgroups: Option<Cgroups>,
     started_unix_nano: u64,
     /// Everything attached, for self-telemetry.
     attached: Vec<Attached>,
@@ -53,16 +56,21 @@ impl Agent {
             _ebpf: None,
             syscalls: None,
             tcp: None,
+            sched: None,
+            cgroups: None,
             started_unix_nano,
             attached: Vec::new(),
             cfg,
         };
         agent.load();
+        if agent.cfg.cgroups.enabled {
+            agent.cgroups = Cgroups::start(&agent.cfg.cgroups, started_unix_nano);
+        }
         agent
     }
 
     fn load(&mut self) {
-        if !self.cfg.syscalls.enabled && !self.cfg.tcp.enabled {
+        if !self.cfg.syscalls.enabled && !self.cfg.tcp.enabled && !self.cfg.sched_enabled {
             info!("no signal enabled; exporting self-telemetry only");
             return;
         }
@@ -86,6 +94,7 @@ impl Agent {
             tcp_events_per_cpu_per_sec: self.cfg.tcp.events_per_cpu_per_sec.into(),
             tcp_series: self.cfg.tcp.max_series,
             tcp_sockets: self.cfg.tcp.max_sockets,
+            sched_offsets: self.sched_offsets(),
         };
         let mut obj = match ebpf::load(&settings) {
             Ok(obj) => obj,
@@ -131,6 +140,31 @@ impl Agent {
                     self.tcp = Some(t);
                 }
                 Err(e) => error!("tcp signal not attached: {e}"),
+            }
+        }
+        if settings.sched_offsets.valid == 1 {
+            match Sched::start(
+                &mut obj,
+                btf.as_ref(),
+                self.cfg.hook_type,
+                self.started_unix_nano,
+            ) {
+                Ok(s) => {
+                    let hook = |label: &str| {
+                        s.programs
+                            .iter()
+                            .find(|p| p.label == label)
+                            .map_or("off", |p| p.hook.as_str())
+                    };
+                    info!(
+                        sched_wakeup = hook("sched/sched_wakeup"),
+                        sched_switch = hook("sched/sched_switch"),
+                        "sched signal attached"
+                    );
+                    self.attached.extend(s.programs.iter().cloned());
+                    self.sched = Some(s);
+                }
+                Err(e) => error!("sched signal not attached: {e}"),
             }
         }
         if !self.cfg.syscalls.enabled {
@@ -181,6 +215,25 @@ impl Agent {
             Err(e) => {
                 error!(
                     "tcp signal not attached: it reads kernel struct fields located through the \
+                     kernel's BTF, and {e}"
+                );
+                Default::default()
+            }
+        }
+    }
+
+    /// Field offsets for the sched programs from the running kernel's BTF.
+    fn sched_offsets(&self) -> hostscope_common::sched::SchedOffsets {
+        if !self.cfg.sched_enabled {
+            return Default::default();
+        }
+        let resolved = crate::btf::KernelBtf::load()
+            .and_then(|btf| crate::signals::sched::resolve_offsets(&btf));
+        match resolved {
+            Ok(o) => o,
+            Err(e) => {
+                error!(
+                    "sched signal not attached: it reads task fields located through the \
                      kernel's BTF, and {e}"
                 );
                 Default::default()
@@ -248,6 +301,12 @@ impl Agent {
         }
         if let Some(t) = self.tcp.as_mut() {
             t.collect(now, mono_to_unix, &mut self.cache, &mut collected);
+        }
+        if let Some(s) = self.sched.as_mut() {
+            s.collect(now, &mut self.cache, &mut collected);
+        }
+        if let Some(c) = self.cgroups.as_mut() {
+            c.collect(now, &mut collected);
         }
         let t1 = std::time::Instant::now();
         let (metrics, traces) = self.requests(now, collected);
@@ -381,6 +440,14 @@ impl Agent {
                 collected.host,
             ));
         }
+        for (path, metrics) in collected.cgroups {
+            if metrics.is_empty() {
+                continue;
+            }
+            let mut attrs = self.host_attributes();
+            attrs.push(otlp::kv_str("hostscope.cgroup.path", path));
+            resource_metrics.push(otlp::resource_metrics(attrs, metrics));
+        }
         for batch in collected.processes.into_values() {
             let attrs = self.process_attributes(&batch.info);
             if !batch.spans.is_empty() {
@@ -431,6 +498,7 @@ pub async fn bench_floor(duration: Duration) -> Result<()> {
         tcp_events_per_cpu_per_sec: 0,
         tcp_series: 16,
         tcp_sockets: 256,
+        sched_offsets: Default::default(),
     };
     let mut obj = ebpf::load(&settings)?;
     let btf = ebpf::kernel_btf().context("bench-floor needs kernel BTF")?;

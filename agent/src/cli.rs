@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     config::{
-        Config, ConfigError, Env, ExporterKind, HookPreference, SyscallsConfig, TcpConfig,
-        exporters_from_env,
+        CgroupsConfig, Config, ConfigError, Env, ExporterKind, HookPreference, SyscallsConfig,
+        TcpConfig, exporters_from_env,
     },
     config_file::{FileConfig, FileError, Loaded},
     export::otlp_config::{OtlpConfigError, Signal, SignalConfig},
@@ -93,6 +93,16 @@ pub struct RunArgs {
     /// Bound on threads tracked inside a syscall at once [default: 32768].
     #[arg(long)]
     pub max_inflight_threads: Option<u32>,
+    /// Do not attach the scheduler programs (run-queue delay, context switches).
+    #[arg(long)]
+    pub no_sched: bool,
+    /// Do not read CPU throttling and pressure (PSI) from cgroups and
+    /// /proc/pressure.
+    #[arg(long)]
+    pub no_cgroups: bool,
+    /// Bound on cgroups exported per interval [default: 1024].
+    #[arg(long)]
+    pub max_cgroups: Option<u32>,
     /// Do not attach the TCP retransmit and reset programs.
     #[arg(long)]
     pub no_tcp: bool,
@@ -271,6 +281,22 @@ impl RunArgs {
                     .or(sc.and_then(|s| s.max_inflight_threads))
                     .unwrap_or(ds.max_inflight_threads),
                 ..ds
+            },
+            sched_enabled: !a.no_sched
+                && f.sched
+                    .as_ref()
+                    .and_then(|s| s.enabled)
+                    .unwrap_or(d.sched_enabled),
+            cgroups: CgroupsConfig {
+                enabled: !a.no_cgroups
+                    && f.cgroups
+                        .as_ref()
+                        .and_then(|c| c.enabled)
+                        .unwrap_or(d.cgroups.enabled),
+                max_cgroups: a
+                    .max_cgroups
+                    .or(f.cgroups.as_ref().and_then(|c| c.max_cgroups))
+                    .unwrap_or(d.cgroups.max_cgroups),
             },
             tcp: TcpConfig {
                 enabled: !a.no_tcp && tc.and_then(|t| t.enabled).unwrap_or(dt.enabled),

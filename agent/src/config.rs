@@ -129,6 +129,9 @@ pub struct Config {
     pub hook_type: HookPreference,
     pub syscalls: SyscallsConfig,
     pub tcp: TcpConfig,
+    pub cgroups: CgroupsConfig,
+    /// Run-queue delay and context switches (sched tracepoints).
+    pub sched_enabled: bool,
     /// From OTEL_RESOURCE_ATTRIBUTES: added to every resource, except
     /// `service.*` keys, which describe the agent and go on its resource only.
     pub resource_attributes: Vec<(String, String)>,
@@ -175,6 +178,25 @@ pub struct TcpConfig {
     pub events_per_cpu_per_sec: u32,
 }
 
+/// Settings of the cgroups signal (CPU throttling and pressure, read from
+/// cgroupfs and /proc/pressure).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CgroupsConfig {
+    pub enabled: bool,
+    /// Bound on cgroups exported per interval; the others are counted as
+    /// dropped (`cgroups_over_limit`).
+    pub max_cgroups: u32,
+}
+
+impl Default for CgroupsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_cgroups: 1024,
+        }
+    }
+}
+
 impl Default for TcpConfig {
     fn default() -> Self {
         Self {
@@ -203,6 +225,8 @@ impl Default for Config {
             hook_type: HookPreference::Auto,
             syscalls: SyscallsConfig::default(),
             tcp: TcpConfig::default(),
+            cgroups: CgroupsConfig::default(),
+            sched_enabled: true,
             resource_attributes: Vec::new(),
             service_name: "hostscope".to_string(),
         }
@@ -299,6 +323,12 @@ impl Config {
             self.tcp.events_per_cpu_per_sec.into(),
             0,
             100_000,
+        )?;
+        range(
+            "--max-cgroups (cgroups.max_cgroups)",
+            self.cgroups.max_cgroups.into(),
+            1,
+            1 << 20,
         )?;
         let s = &self.syscalls;
         range(

@@ -45,6 +45,21 @@ pub struct FileConfig {
     pub hook_type: Option<HookName>,
     pub syscalls: Option<Syscalls>,
     pub tcp: Option<Tcp>,
+    pub cgroups: Option<Cgroups>,
+    pub sched: Option<Sched>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Sched {
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Cgroups {
+    pub enabled: Option<bool>,
+    pub max_cgroups: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -434,6 +449,7 @@ impl Loaded {
             "tcp.max_series" => f.tcp.as_ref()?.max_series.map(u64::from),
             "tcp.max_sockets" => f.tcp.as_ref()?.max_sockets.map(u64::from),
             "tcp.events_per_cpu" => f.tcp.as_ref()?.events_per_cpu.map(u64::from),
+            "cgroups.max_cgroups" => f.cgroups.as_ref()?.max_cgroups.map(u64::from),
             _ => None,
         }
     }

@@ -98,6 +98,8 @@ pub struct LoadSettings {
     pub tcp_events_per_cpu_per_sec: u64,
     pub tcp_series: u32,
     pub tcp_sockets: u32,
+    /// Kernel field offsets for the sched programs (`valid == 0`: they do nothing).
+    pub sched_offsets: hostscope_common::sched::SchedOffsets,
 }
 
 /// Raises RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to.
@@ -139,7 +141,8 @@ pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
             true,
         )
         .map_max_entries("TCP_STATS", s.tcp_series)
-        .map_max_entries("TCP_OWNERS", s.tcp_sockets);
+        .map_max_entries("TCP_OWNERS", s.tcp_sockets)
+        .override_global("SCHED_OFFSETS", &s.sched_offsets, true);
     loader.load(OBJECT).map_err(|source| {
         let hint = match &source {
             EbpfError::MapError(_) => {

@@ -19,6 +19,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod cgroup;
 pub mod collector;
 pub mod netns;
 pub mod otlp;

@@ -2,6 +2,8 @@
 //! `agent-ebpf/src/`. A signal attaches its programs, and every interval drains
 //! its maps into a [`Collected`] batch.
 
+pub mod cgroups;
+pub mod sched;
 pub mod syscalls;
 pub mod tcp;
 
@@ -22,6 +24,8 @@ pub struct Collected {
     /// sockets whose owner was never in view).
     pub host: Vec<Metric>,
     pub host_spans: Vec<Span>,
+    /// Per-cgroup metrics, by path relative to the cgroup hierarchy's root.
+    pub cgroups: BTreeMap<String, Vec<Metric>>,
 }
 
 pub struct ProcessBatch {

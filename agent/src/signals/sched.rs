@@ -1,0 +1,368 @@
+//! Run-queue delay and context switches, per process and per cgroup.
+//!
+//! Kernel side (`agent-ebpf/src/sched.rs`): `sched_wakeup`,
+//! `sched_wakeup_new` and `sched_switch`, as BTF tracepoints, else raw
+//! tracepoints; task fields located through the running kernel's BTF.
+//!
+//! Metrics:
+//! - `hostscope.cpu.runqueue.delay`: exponential histogram (scale 0, `s`) of
+//!   the time from becoming runnable to running, on each process's resource
+//!   and on each cgroup's; kernel threads together on the host's resource;
+//! - `process.context_switches` (`{context_switch}`), with
+//!   `process.context_switch.type` = `voluntary` / `involuntary`, counted as
+//!   the kernel counts `nvcsw` / `nivcsw`.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use aya::{
+    Btf, Ebpf,
+    maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+};
+use hostscope_common::sched::{RunqStats, SchedOffsets, drop_reason};
+use opentelemetry_proto::tonic::metrics::v1::Metric;
+use thiserror::Error;
+use tracing::debug;
+
+use crate::{
+    btf::{BtfError, KernelBtf},
+    config::HookPreference,
+    ebpf::{AttachError, Attached, attach_tracepoint, unload},
+    identity::{ProcessCache, ProcessInfo},
+    otlp::{self, Window},
+    signals::Collected,
+};
+
+const DROP_REASONS: [&str; drop_reason::COUNT as usize] =
+    ["sched_stats_map_full", "sched_cgroup_map_full"];
+
+#[derive(Debug, Error)]
+pub enum SchedError {
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Locates the task and cgroup fields the sched programs read.
+pub fn resolve_offsets(btf: &KernelBtf) -> Result<SchedOffsets, BtfError> {
+    Ok(SchedOffsets {
+        task_pid: btf.offset_of("task_struct", "pid")?,
+        task_tgid: btf.offset_of("task_struct", "tgid")?,
+        task_flags: btf.offset_of("task_struct", "flags")?,
+        task_cgroups: btf.offset_of("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: btf.offset_of("css_set", "dfl_cgrp")?,
+        cgroup_kn: btf.offset_of("cgroup", "kn")?,
+        kernfs_node_id: btf.offset_of("kernfs_node", "id")?,
+        valid: 1,
+    })
+}
+
+/// The attached sched signal.
+pub struct Sched {
+    stats: PerCpuHashMap<MapData, u32, RunqStats>,
+    cgroup_stats: PerCpuHashMap<MapData, u64, RunqStats>,
+    drops: PerCpuArray<MapData, u64>,
+    pub programs: Vec<Attached>,
+    attached_unix_nano: u64,
+    cgroups: CgroupPaths,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, SchedError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(SchedError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| SchedError::Map { name, source })
+}
+
+impl Sched {
+    /// Attaches the wake-up programs first, then `sched_switch` (a switch
+    /// with no recorded wake-up is simply not timed). On failure nothing
+    /// stays attached.
+    pub fn start(
+        ebpf: &mut Ebpf,
+        btf: Option<&Btf>,
+        pref: HookPreference,
+        now_unix_nano: u64,
+    ) -> Result<Self, SchedError> {
+        let mut programs: Vec<Attached> = Vec::new();
+        for (label, tp, b, r) in [
+            (
+                "sched/sched_wakeup",
+                "sched_wakeup",
+                "sched_wakeup_btf",
+                "sched_wakeup_raw",
+            ),
+            (
+                "sched/sched_wakeup_new",
+                "sched_wakeup_new",
+                "sched_wakeup_new_btf",
+                "sched_wakeup_new_raw",
+            ),
+            (
+                "sched/sched_switch",
+                "sched_switch",
+                "sched_switch_btf",
+                "sched_switch_raw",
+            ),
+        ] {
+            match attach_tracepoint(ebpf, btf, pref, label, tp, b, r) {
+                Ok(a) => programs.push(a),
+                Err(e) => {
+                    for p in &programs {
+                        unload(ebpf, &p.program);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(Self {
+            stats: take(ebpf, "SCHED_STATS")?,
+            cgroup_stats: take(ebpf, "SCHED_CGROUP_STATS")?,
+            drops: take(ebpf, "SCHED_DROPS")?,
+            programs,
+            attached_unix_nano: now_unix_nano,
+            cgroups: CgroupPaths::discover(),
+        })
+    }
+
+    pub fn collect(&mut self, now_unix_nano: u64, cache: &mut ProcessCache, out: &mut Collected) {
+        let mut gone = Vec::new();
+        let per_pid: Vec<(u32, RunqStats)> = self
+            .stats
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, sum(&v)))
+            .collect();
+        for (pid, s) in per_pid {
+            let info = (pid != 0).then(|| identity(cache, pid));
+            if let Some(i) = &info
+                && !cache.is_alive(i)
+            {
+                gone.push(pid);
+            }
+            let w = Window {
+                start_unix_nano: self
+                    .attached_unix_nano
+                    .max(info.as_ref().map_or(0, |i| i.creation_time_unix_nano)),
+                time_unix_nano: now_unix_nano,
+            };
+            let metrics = metrics(&s, w);
+            match info {
+                Some(info) => out.process(&info).metrics.extend(metrics),
+                None => out.host.extend(metrics),
+            }
+        }
+        let per_cgroup: Vec<(u64, RunqStats)> = self
+            .cgroup_stats
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, sum(&v)))
+            .collect();
+        let w = Window {
+            start_unix_nano: self.attached_unix_nano,
+            time_unix_nano: now_unix_nano,
+        };
+        let mut removed = Vec::new();
+        for (id, s) in per_cgroup {
+            match self.cgroups.path(id) {
+                Some(path) => out.cgroups.entry(path).or_default().extend(metrics(&s, w)),
+                None => removed.push(id),
+            }
+        }
+        for id in removed {
+            // The cgroup was deleted: its last values went out before.
+            let _ = self.cgroup_stats.remove(&id);
+        }
+        self.self_metrics(w, out);
+        for pid in gone {
+            let _ = self.stats.remove(&pid);
+        }
+    }
+
+    fn self_metrics(&self, w: Window, out: &mut Collected) {
+        let points = DROP_REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, reason)| {
+                let n: u64 = self
+                    .drops
+                    .get(&(i as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                otlp::int_point(vec![otlp::kv_str("hostscope.drop.reason", *reason)], w, n)
+            })
+            .collect();
+        out.agent.push(otlp::counter_metric(
+            "hostscope.agent.dropped",
+            "Measurements lost, by where they were lost",
+            "{event}",
+            points,
+        ));
+    }
+}
+
+fn sum(values: &PerCpuValues<RunqStats>) -> RunqStats {
+    let mut t = RunqStats::ZERO;
+    for v in values.iter() {
+        t.count += v.count;
+        t.sum_ns += v.sum_ns;
+        t.voluntary += v.voluntary;
+        t.involuntary += v.involuntary;
+        for (a, b) in t.slots.iter_mut().zip(v.slots.iter()) {
+            *a += b;
+        }
+    }
+    t
+}
+
+fn metrics(s: &RunqStats, w: Window) -> Vec<Metric> {
+    vec![
+        otlp::exp_histogram_metric(
+            "hostscope.cpu.runqueue.delay",
+            "Time from becoming runnable to running on a CPU",
+            "s",
+            vec![otlp::exp_histogram_point(
+                vec![],
+                w,
+                s.count,
+                s.sum_ns,
+                &s.slots,
+            )],
+        ),
+        otlp::counter_metric(
+            "process.context_switches",
+            "Times the process's threads were switched off a CPU",
+            "{context_switch}",
+            vec![
+                otlp::int_point(
+                    vec![otlp::kv_str("process.context_switch.type", "voluntary")],
+                    w,
+                    s.voluntary,
+                ),
+                otlp::int_point(
+                    vec![otlp::kv_str("process.context_switch.type", "involuntary")],
+                    w,
+                    s.involuntary,
+                ),
+            ],
+        ),
+    ]
+}
+
+fn identity(cache: &mut ProcessCache, pid: u32) -> Arc<ProcessInfo> {
+    cache.get(pid).unwrap_or_else(|| {
+        Arc::new(ProcessInfo {
+            pid,
+            executable_name: String::new(),
+            start_ticks: None,
+            creation_time_unix_nano: 0,
+        })
+    })
+}
+
+/// cgroup v2 ids (directory inode numbers) to paths relative to the cgroup2
+/// mount, re-read when an unknown id shows up.
+pub struct CgroupPaths {
+    root: Option<PathBuf>,
+    by_id: StdHashMap<u64, String>,
+}
+
+impl CgroupPaths {
+    /// Finds the cgroup2 mount (`/sys/fs/cgroup` on pure v2 hosts,
+    /// `/sys/fs/cgroup/unified` on hybrid ones).
+    pub fn discover() -> Self {
+        let root = std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|m| cgroup2_mount(&m));
+        if root.is_none() {
+            debug!("no cgroup2 mount: run-queue delay per cgroup is off");
+        }
+        Self {
+            root,
+            by_id: StdHashMap::new(),
+        }
+    }
+
+    fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.by_id.get(&id) {
+            return Some(p.clone());
+        }
+        let root = self.root.clone()?;
+        self.by_id = walk(&root);
+        self.by_id.get(&id).cloned()
+    }
+}
+
+/// Mount point of the cgroup2 file system in `/proc/self/mountinfo` text.
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mount = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
+    })
+}
+
+/// Every cgroup directory under `root`: inode -> path relative to `root`
+/// (`/` for the root itself).
+fn walk(root: &Path) -> StdHashMap<u64, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = StdHashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        let rel = dir
+            .strip_prefix(root)
+            .map_or_else(|_| "/".to_string(), |r| format!("/{}", r.to_string_lossy()));
+        out.insert(meta.ino(), rel);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let hybrid = "35 25 0:30 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n\
+                      37 35 0:32 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/sda rw\n"), None);
+    }
+
+    #[test]
+    fn offsets_resolve_on_this_kernel() {
+        let Ok(btf) = KernelBtf::load() else {
+            eprintln!("skipped: no /sys/kernel/btf/vmlinux");
+            return;
+        };
+        let o = resolve_offsets(&btf).expect("every field the sched programs read");
+        assert_eq!(o.valid, 1);
+        assert_ne!(o.task_pid, o.task_tgid);
+    }
+}
