@@ -6,6 +6,7 @@
 //! feature the types implement `aya::Pod`.
 #![no_std]
 
+pub mod oom;
 pub mod sched;
 pub mod syscalls;
 pub mod tcp;

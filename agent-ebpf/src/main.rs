@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod oom;
 mod sched;
 mod syscalls;
 mod tcp;

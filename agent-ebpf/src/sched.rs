@@ -168,6 +168,10 @@ fn account(o: &SchedOffsets, task: u64, f: impl Fn(*mut RunqStats)) {
     } else {
         read(task, o.task_tgid).unwrap_or(0)
     };
+    // The agent does not measure itself.
+    if tgid != 0 && tgid == unsafe { core::ptr::read_volatile(&crate::syscalls::AGENT_TGID) } {
+        return;
+    }
     match entry_u32(tgid) {
         Some(s) => f(s),
         None => count_drop(drop_reason::STATS_MAP_FULL),

@@ -30,7 +30,7 @@ use hostscope_common::syscalls::{
 
 /// Process id of the agent itself: its threads are not measured.
 #[unsafe(no_mangle)]
-static AGENT_TGID: u32 = 0;
+pub(crate) static AGENT_TGID: u32 = 0;
 /// Syscalls at least this long (ns) are sent as events; `u64::MAX` disables.
 #[unsafe(no_mangle)]
 static SLOW_THRESHOLD_NS: u64 = u64::MAX;

@@ -20,7 +20,7 @@ use crate::{
     export::Exporters,
     identity::{self, HostInfo, ProcessCache, ProcessInfo},
     otlp::{self, Window},
-    signals::{Collected, cgroups::Cgroups, sched::Sched, syscalls::Syscalls, tcp::Tcp},
+    signals::{Collected, cgroups::Cgroups, oom::Oom, sched::Sched, syscalls::Syscalls, tcp::Tcp},
 };
 
 /// Bytes of one `SYSCALL_STATS` value on one CPU.
@@ -36,6 +36,7 @@ pub struct Agent {
     syscalls: Option<Syscalls>,
     tcp: Option<Tcp>,
     sched: Option<Sched>,
+    oom: Option<Oom>,
     /// Plain file reader, no kernel program.
     cgroups: Option<Cgroups>,
     started_unix_nano: u64,
@@ -57,6 +58,7 @@ impl Agent {
             syscalls: None,
             tcp: None,
             sched: None,
+            oom: None,
             cgroups: None,
             started_unix_nano,
             attached: Vec::new(),
@@ -71,7 +73,7 @@ impl Agent {
 
     fn load(&mut self) {
         if !self.cfg.syscalls.enabled && !self.cfg.tcp.enabled && !self.cfg.sched_enabled {
-            info!("no signal enabled; exporting self-telemetry only");
+            info!("no eBPF signal enabled; exporting self-telemetry and file-based signals only");
             return;
         }
         ebpf::raise_memlock_rlimit();
@@ -80,6 +82,20 @@ impl Agent {
         let stats_capacity = s.max_series.unwrap_or_else(|| {
             (s.kernel_memory_budget / (STATS_VALUE_BYTES * cpus)).clamp(256, 65_536) as u32
         });
+        let oom_variant = if self.cfg.oom_enabled {
+            match crate::btf::KernelBtf::load()
+                .map_err(|e| e.to_string())
+                .and_then(|btf| crate::signals::oom::resolve(&btf).map_err(|e| e.to_string()))
+            {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    error!("oom signal not attached: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let settings = LoadSettings {
             agent_tgid: std::process::id(),
             slow_threshold_ns: s
@@ -95,6 +111,7 @@ impl Agent {
             tcp_series: self.cfg.tcp.max_series,
             tcp_sockets: self.cfg.tcp.max_sockets,
             sched_offsets: self.sched_offsets(),
+            oom_offsets: oom_variant.map(|(_, o)| o).unwrap_or_default(),
         };
         let mut obj = match ebpf::load(&settings) {
             Ok(obj) => obj,
@@ -165,6 +182,26 @@ impl Agent {
                     self.sched = Some(s);
                 }
                 Err(e) => error!("sched signal not attached: {e}"),
+            }
+        }
+        if let Some((variant, _)) = oom_variant {
+            match Oom::start(
+                &mut obj,
+                btf.as_ref(),
+                self.cfg.hook_type,
+                variant,
+                self.started_unix_nano,
+            ) {
+                Ok(o) => {
+                    info!(
+                        hook = o.programs[0].hook.as_str(),
+                        argument = ?variant,
+                        "oom signal attached"
+                    );
+                    self.attached.extend(o.programs.iter().cloned());
+                    self.oom = Some(o);
+                }
+                Err(e) => error!("oom signal not attached: {e}"),
             }
         }
         if !self.cfg.syscalls.enabled {
@@ -257,6 +294,12 @@ impl Agent {
                     None => std::future::pending().await,
                 }
             };
+            let oom_events = async {
+                match self.oom.as_mut() {
+                    Some(o) => o.drain_events(&mut self.cache).await,
+                    None => std::future::pending().await,
+                }
+            };
             let tcp_events = async {
                 match self.tcp.as_mut() {
                     Some(t) => t.drain_events().await,
@@ -273,6 +316,7 @@ impl Agent {
                 _ = ticker.tick() => self.export_interval(),
                 () = events => {}
                 () = tcp_events => {}
+                () = oom_events => {}
                 _ = sigint.recv() => { info!("SIGINT: flushing and detaching"); break; }
                 _ = sigterm.recv() => { info!("SIGTERM: flushing and detaching"); break; }
                 () = until_deadline => { info!("duration reached: flushing and detaching"); break; }
@@ -304,6 +348,9 @@ impl Agent {
         }
         if let Some(s) = self.sched.as_mut() {
             s.collect(now, &mut self.cache, &mut collected);
+        }
+        if let Some(o) = self.oom.as_mut() {
+            o.collect(now, &mut collected);
         }
         if let Some(c) = self.cgroups.as_mut() {
             c.collect(now, &mut collected);
@@ -499,6 +546,7 @@ pub async fn bench_floor(duration: Duration) -> Result<()> {
         tcp_series: 16,
         tcp_sockets: 256,
         sched_offsets: Default::default(),
+        oom_offsets: Default::default(),
     };
     let mut obj = ebpf::load(&settings)?;
     let btf = ebpf::kernel_btf().context("bench-floor needs kernel BTF")?;

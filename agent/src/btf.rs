@@ -302,6 +302,28 @@ impl KernelBtf {
         self.ids_named(name).next().is_some()
     }
 
+    /// Whether each argument of tracepoint `name` is a pointer, from its
+    /// `btf_trace_<name>` typedef (the hidden first `void *` left out);
+    /// None when the kernel has no such tracepoint. Tracepoints whose
+    /// arguments changed between kernels (`mark_victim`: a pid, later a
+    /// task) are told apart by this.
+    pub fn tracepoint_args(&self, name: &str) -> Option<Vec<bool>> {
+        let id = self.ids_named(&format!("btf_trace_{name}")).next()?;
+        let ptr = self.resolve(id).ok()?;
+        let proto = self.resolve(self.ty(ptr).ok()?.size_or_type).ok()?;
+        let t = self.ty(proto).ok()?;
+        if t.kind() != kind::FUNC_PROTO {
+            return None;
+        }
+        let mut args = Vec::with_capacity(t.vlen());
+        for i in 1..t.vlen() {
+            let param_type = self.u32_at(t.extra + i * 8 + 4);
+            let resolved = self.resolve(param_type).ok()?;
+            args.push(self.ty(resolved).ok()?.kind() == kind::PTR);
+        }
+        Some(args)
+    }
+
     fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
         if data.len() < HEADER_LEN {
             return Err(malformed(format!(
@@ -1148,5 +1170,19 @@ mod tests {
             let in_dump = dump.contains(&format!("TYPEDEF '{name}' "));
             assert_eq!(btf.has_type(name), in_dump, "{name}");
         }
+    }
+
+    #[test]
+    fn btf_tracepoint_arguments_on_this_kernel() {
+        let Ok(btf) = KernelBtf::load() else {
+            eprintln!("skipped: no {VMLINUX_BTF}");
+            return;
+        };
+        // sched_switch(bool preempt, prev, next, unsigned int prev_state).
+        assert_eq!(
+            btf.tracepoint_args("sched_switch"),
+            Some(vec![false, true, true, false])
+        );
+        assert_eq!(btf.tracepoint_args("no_such_tracepoint"), None);
     }
 }

@@ -103,6 +103,9 @@ pub struct RunArgs {
     /// Bound on cgroups exported per interval [default: 1024].
     #[arg(long)]
     pub max_cgroups: Option<u32>,
+    /// Do not watch OOM kills.
+    #[arg(long)]
+    pub no_oom: bool,
     /// Do not attach the TCP retransmit and reset programs.
     #[arg(long)]
     pub no_tcp: bool,
@@ -298,6 +301,11 @@ impl RunArgs {
                     .or(f.cgroups.as_ref().and_then(|c| c.max_cgroups))
                     .unwrap_or(d.cgroups.max_cgroups),
             },
+            oom_enabled: !a.no_oom
+                && f.oom
+                    .as_ref()
+                    .and_then(|s| s.enabled)
+                    .unwrap_or(d.oom_enabled),
             tcp: TcpConfig {
                 enabled: !a.no_tcp && tc.and_then(|t| t.enabled).unwrap_or(dt.enabled),
                 per_connection: a.tcp_per_connection

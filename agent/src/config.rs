@@ -132,6 +132,8 @@ pub struct Config {
     pub cgroups: CgroupsConfig,
     /// Run-queue delay and context switches (sched tracepoints).
     pub sched_enabled: bool,
+    /// OOM kills (oom/mark_victim).
+    pub oom_enabled: bool,
     /// From OTEL_RESOURCE_ATTRIBUTES: added to every resource, except
     /// `service.*` keys, which describe the agent and go on its resource only.
     pub resource_attributes: Vec<(String, String)>,
@@ -227,6 +229,7 @@ impl Default for Config {
             tcp: TcpConfig::default(),
             cgroups: CgroupsConfig::default(),
             sched_enabled: true,
+            oom_enabled: true,
             resource_attributes: Vec::new(),
             service_name: "hostscope".to_string(),
         }

@@ -47,6 +47,7 @@ pub struct FileConfig {
     pub tcp: Option<Tcp>,
     pub cgroups: Option<Cgroups>,
     pub sched: Option<Sched>,
+    pub oom: Option<Sched>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]

@@ -100,6 +100,8 @@ pub struct LoadSettings {
     pub tcp_sockets: u32,
     /// Kernel field offsets for the sched programs (`valid == 0`: they do nothing).
     pub sched_offsets: hostscope_common::sched::SchedOffsets,
+    /// Task offsets for the OOM program's task variant.
+    pub oom_offsets: hostscope_common::oom::OomOffsets,
 }
 
 /// Raises RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to.
@@ -142,7 +144,8 @@ pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
         )
         .map_max_entries("TCP_STATS", s.tcp_series)
         .map_max_entries("TCP_OWNERS", s.tcp_sockets)
-        .override_global("SCHED_OFFSETS", &s.sched_offsets, true);
+        .override_global("SCHED_OFFSETS", &s.sched_offsets, true)
+        .override_global("OOM_OFFSETS", &s.oom_offsets, true);
     loader.load(OBJECT).map_err(|source| {
         let hint = match &source {
             EbpfError::MapError(_) => {

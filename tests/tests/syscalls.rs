@@ -118,6 +118,10 @@ fn exact_counts_buckets_and_errors(mode: &[&str], hook_attr: &str, programs: usi
         .1;
     let hooks: Vec<String> = otlp::points(&agent_metrics, "hostscope.agent.program.attached")
         .iter()
+        .filter(|p| {
+            otlp::attr(&otlp::attrs(&p["attributes"]), "hostscope.program")
+                .is_some_and(|l| l.starts_with("syscalls/"))
+        })
         .map(|p| {
             otlp::attr(&otlp::attrs(&p["attributes"]), "hostscope.hook")
                 .unwrap_or("")

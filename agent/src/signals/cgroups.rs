@@ -24,7 +24,7 @@
 //! - `hostscope.pressure.stall.time` (counter, `s`, from each line's `total=`
 //!   in µs), attributes `hostscope.pressure.resource` (`cpu`, `memory`, `io`)
 //!   and `hostscope.pressure.type` (`some`, `full`): only for cgroups that
-//!   have stalled at all (some total above 0); the root cgroup is the host.
+//!   have stalled at all (a `total=` above 0); the root cgroup is the host.
 //!
 //! The host's pressure (`/proc/pressure/{cpu,memory,io}`) goes on the host's
 //! resource with the same metric. At most `max_cgroups` cgroups are exported
@@ -317,7 +317,7 @@ impl Cgroups {
             // hierarchy, cgroup2's cpu.stat has no bandwidth counters.
             let throttling = self.layout.v1_cpu.is_none();
             let psi = self.cgroup_pressure;
-            self.walk(&v2, |dir, rel, buf| {
+            let v2_samples = self.walk(&v2, |dir, rel, buf| {
                 let mut s = Sample::default();
                 if throttling {
                     s.throttling = read(&dir.join("cpu.stat"), buf)
@@ -335,11 +335,8 @@ impl Cgroups {
                     }
                 }
                 s
-            })
-            .into_iter()
-            .for_each(|(rel, s)| {
-                samples.insert(rel, s);
             });
+            samples.extend(v2_samples);
         }
         if let Some(v1) = self.layout.v1_cpu.clone() {
             for (rel, s) in self.walk(&v1, |dir, _, buf| Sample {
@@ -392,8 +389,8 @@ impl Cgroups {
     }
 
     /// Every cgroup under `root` (itself included, as `/`), sampled by `f`
-    /// with its directory and path relative to `root`. Directories that
-    /// vanish mid-walk are skipped.
+    /// with its directory and path relative to `root`; those with something
+    /// to export. Directories that vanish mid-walk are skipped.
     fn walk(
         &mut self,
         root: &Path,
@@ -422,7 +419,9 @@ impl Cgroups {
                 }
             }
             let s = f(&dir, &rel, &mut self.buf);
-            out.push((rel, s));
+            if s.throttling.is_some() || !s.pressure.is_empty() {
+                out.push((rel, s));
+            }
         }
         out
     }

@@ -3,6 +3,7 @@
 //! its maps into a [`Collected`] batch.
 
 pub mod cgroups;
+pub mod oom;
 pub mod sched;
 pub mod syscalls;
 pub mod tcp;

@@ -294,6 +294,11 @@ impl CgroupPaths {
         }
     }
 
+    /// The path of cgroup `id` (re-reading the tree once if unknown).
+    pub fn path_of(&mut self, id: u64) -> Option<String> {
+        self.path(id)
+    }
+
     fn path(&mut self, id: u64) -> Option<String> {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
