@@ -242,6 +242,11 @@ fn check(log: &str) -> Result<Vec<String>> {
                 format!("{kernel}, {mode}: tcp signal not attached; agent log:\n{stderr}")
             })?
             .to_string();
+        for signal in ["sched", "oom"] {
+            if !stderr.contains(&format!("{signal} signal attached")) {
+                bail!("{kernel}, {mode}: {signal} signal not attached; agent log:\n{stderr}");
+            }
+        }
         let pid: u64 = workload
             .lines()
             .find_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -274,7 +279,7 @@ fn check(log: &str) -> Result<Vec<String>> {
             .nth(1)
             .unwrap_or("")
             .trim();
-        lines.push(format!("{kernel}, --hook-type {mode}: attached {hooks}; getppid {GETPPID}, fchdir {EBADF}, nanosleep {SLEEPS}: exact; tcp: {tcp}"));
+        lines.push(format!("{kernel}, --hook-type {mode}: attached {hooks}; getppid {GETPPID}, fchdir {EBADF}, nanosleep {SLEEPS}: exact; tcp: {tcp}; sched and oom attached"));
     }
     Ok(lines)
 }
