@@ -208,3 +208,124 @@ fn runqueue_delay_and_context_switches_match_the_kernel() {
         "two busy loops on the child's CPU should at least double its mean wait: quiet {quiet:.6} s, contended {contended:.6} s"
     );
 }
+
+/// Cross-check with libbpf-tools `runqlat -p`: over the same child's life
+/// (from its "go"), both count about the same waits, and put about the same
+/// share of them at a millisecond or more.
+#[test]
+fn distribution_agrees_with_runqlat() {
+    require_root();
+    if Command::new("runqlat").arg("--help").output().is_err() {
+        eprintln!(
+            "skipped: runqlat (libbpf-tools) is not installed; cargo xtask setup installs it"
+        );
+        return;
+    }
+    let agent = Agent::start(&["--interval", "1", "--slow-threshold", "off"]);
+    agent.stderr.wait_for(
+        "sched signal attached",
+        Duration::from_secs(30),
+        "sched signal",
+    );
+    let load = Busy::start(2);
+    let mut child = Command::new("nice")
+        .args(["-n", "19", "taskset", "-c", "0"])
+        .arg(target_bin("hostscope-workload"))
+        .args(["mix", "--sleeps", "300", "--sleep-ms", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the workload");
+    let pid = child.id();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("ready"), "workload said {line:?}");
+    // Line-buffered, so its "Tracing" line (printed once attached) arrives
+    // before the interval ends.
+    let mut runqlat = Command::new("stdbuf")
+        .args(["-oL", "runqlat", "-p", &pid.to_string(), "8", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runqlat");
+    let mut rq = BufReader::new(runqlat.stdout.take().unwrap());
+    let mut first = String::new();
+    rq.read_line(&mut first).unwrap();
+    assert!(first.contains("Tracing"), "runqlat said {first:?}");
+    writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    drop(load);
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut rq, &mut text).unwrap();
+    let _ = runqlat.wait();
+    // "  lo -> hi  : count |***|" in microseconds.
+    let buckets: Vec<(u64, u64, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (range, rest) = l.split_once(':')?;
+            let (lo, hi) = range.split_once("->")?;
+            let count = rest.split_whitespace().next()?.parse().ok()?;
+            Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?, count))
+        })
+        .collect();
+    let rq_total: u64 = buckets.iter().map(|b| b.2).sum();
+    let rq_slow: u64 = buckets.iter().filter(|b| b.0 >= 1024).map(|b| b.2).sum();
+
+    std::thread::sleep(Duration::from_millis(1200));
+    let lines = agent.stop_with(libc::SIGTERM);
+    let (count, _, _, _) = agent_view(&lines, pid).expect("the child's run-queue delay");
+    // Waits of at least 2^-10 s (976.6 µs): buckets of index >= -9.
+    let mut slow = 0u64;
+    for l in &lines {
+        for rm in l["resourceMetrics"].as_array().into_iter().flatten() {
+            let is_pid = rm["resource"]["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| {
+                    a["key"] == "process.pid"
+                        && a["value"]["intValue"].as_str() == Some(pid.to_string().as_str())
+                });
+            if !is_pid {
+                continue;
+            }
+            for m in rm["scopeMetrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["metrics"].as_array().into_iter().flatten())
+                .filter(|m| m["name"] == "hostscope.cpu.runqueue.delay")
+            {
+                let p = &m["exponentialHistogram"]["dataPoints"][0]["positive"];
+                let offset = p["offset"].as_i64().unwrap_or(0);
+                slow = p["bucketCounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                    .filter(|(i, _)| offset + *i as i64 >= -9)
+                    .map(|(_, c)| c.as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0))
+                    .sum();
+            }
+        }
+    }
+    eprintln!(
+        "runqlat: {rq_total} waits, {rq_slow} >= 1024 us; agent: {count} waits, {slow} >= 977 us"
+    );
+    assert!(rq_total >= 300, "runqlat saw the child's waits: {text}");
+    // The agent also saw the child's start (exec, first wake-ups) before
+    // runqlat attached: a handful more.
+    assert!(
+        count >= rq_total && count <= rq_total + 20,
+        "wait counts: agent {count}, runqlat {rq_total}"
+    );
+    let (a, r) = (slow as f64 / count as f64, rq_slow as f64 / rq_total as f64);
+    assert!(
+        (a - r).abs() <= 0.10,
+        "share of waits of a millisecond or more: agent {a:.3}, runqlat {r:.3}\n{text}"
+    );
+}
