@@ -430,6 +430,9 @@ impl Agent {
                 info.creation_time_iso8601(),
             ));
         }
+        if let Some(c) = &info.container {
+            attrs.extend(c.attributes());
+        }
         attrs
     }
 
@@ -492,6 +495,9 @@ impl Agent {
                 continue;
             }
             let mut attrs = self.host_attributes();
+            if let Some(c) = crate::container::from_cgroup_path(&path) {
+                attrs.extend(c.attributes());
+            }
             attrs.push(otlp::kv_str("hostscope.cgroup.path", path));
             resource_metrics.push(otlp::resource_metrics(attrs, metrics));
         }

@@ -22,6 +22,9 @@ pub struct ProcessInfo {
     pub start_ticks: Option<u64>,
     /// Wall-clock creation time.
     pub creation_time_unix_nano: u64,
+    /// Container and pod, from `/proc/<pid>/cgroup` read with the rest; None
+    /// outside containers or when the process was gone first.
+    pub container: Option<crate::container::ContainerIdentity>,
 }
 
 impl ProcessInfo {
@@ -113,6 +116,7 @@ impl ProcessCache {
             executable_name,
             start_ticks: Some(stat.starttime),
             creation_time_unix_nano: self.boot_unix_nano + since_boot_ns as u64,
+            container: crate::container::read(pid),
         })
     }
 }
@@ -188,6 +192,7 @@ mod tests {
             executable_name: "x".into(),
             start_ticks: Some(u64::MAX),
             creation_time_unix_nano: 0,
+            container: None,
         };
         assert!(
             !ProcessCache::new().is_alive(&info),

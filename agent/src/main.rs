@@ -5,6 +5,7 @@ mod btf;
 mod cli;
 mod config;
 mod config_file;
+mod container;
 mod ebpf;
 mod export;
 mod identity;

@@ -150,6 +150,7 @@ impl Oom {
                     executable_name: String::from_utf8_lossy(&ev.comm[..end]).into_owned(),
                     start_ticks: None,
                     creation_time_unix_nano: 0,
+                    container: None,
                 })
             });
             let cgroup = if ev.cgroup_id != 0 {

@@ -267,6 +267,7 @@ fn identity(cache: &mut ProcessCache, pid: u32) -> Arc<ProcessInfo> {
             executable_name: String::new(),
             start_ticks: None,
             creation_time_unix_nano: 0,
+            container: None,
         })
     })
 }

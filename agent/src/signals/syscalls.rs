@@ -312,6 +312,7 @@ impl Syscalls {
                 executable_name,
                 start_ticks: None,
                 creation_time_unix_nano: 0,
+                container: None,
             })
         })
     }
