@@ -41,7 +41,8 @@ impl RunqStats {
 }
 
 /// Byte offsets of the kernel fields the programs read, resolved from the
-/// running kernel's BTF.
+/// running kernel's BTF. Only the task switched in is read: the one switched
+/// out is `current`, known from a helper.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedOffsets {
@@ -49,31 +50,20 @@ pub struct SchedOffsets {
     pub task_pid: u32,
     /// `task_struct.tgid` (process id).
     pub task_tgid: u32,
-    /// `task_struct.flags` (`PF_KTHREAD`).
-    pub task_flags: u32,
-    /// `task_struct.cgroups` (pointer to `css_set`).
-    pub task_cgroups: u32,
-    /// `css_set.dfl_cgrp` (pointer to the cgroup v2 `cgroup`).
-    pub css_set_dfl_cgrp: u32,
-    /// `cgroup.kn` (pointer to its `kernfs_node`).
-    pub cgroup_kn: u32,
-    /// `kernfs_node.id` (the cgroup id: its directory's inode number).
-    pub kernfs_node_id: u32,
     /// 1 when resolved.
     pub valid: u32,
+    /// Always 0.
+    pub _pad: u32,
 }
 
 /// Drop reasons of `SCHED_DROPS`.
 pub mod drop_reason {
     /// `SCHED_STATS` was full: a process's waits were not counted.
     pub const STATS_MAP_FULL: u32 = 0;
-    /// `SCHED_CGROUP_STATS` was full: a cgroup's waits were not counted.
-    pub const CGROUP_MAP_FULL: u32 = 1;
+    /// `RUNQ_START` was full: a wake-up was not timed.
+    pub const START_MAP_FULL: u32 = 1;
     pub const COUNT: u32 = 2;
 }
-
-/// `PF_KTHREAD`: kernel threads are counted together under tgid 0.
-pub const PF_KTHREAD: u32 = 0x0020_0000;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -90,6 +80,6 @@ mod tests {
     #[test]
     fn padding_free() {
         assert_eq!(size_of::<RunqStats>(), 8 * (4 + HIST_SLOTS));
-        assert_eq!(size_of::<SchedOffsets>(), 8 * 4);
+        assert_eq!(size_of::<SchedOffsets>(), 16);
     }
 }

@@ -1,23 +1,26 @@
-//! Run-queue delay and context switches per process and per cgroup, see
-//! `hostscope_common::sched`.
+//! Run-queue delay and context switches per process, see
+//! `hostscope_common::sched`. Per-cgroup figures are summed in userspace
+//! from the per-process ones, which keeps the per-switch work small.
 //!
 //! Hooks, as BTF tracepoints or else raw tracepoints (same arguments):
 //! `sched_wakeup(p)`, `sched_wakeup_new(p)`: `p` became runnable now;
-//! `sched_switch(preempt, prev, next, prev_state)`: `prev` leaves the CPU
-//! (runnable again now if it was preempted or still `TASK_RUNNING`), `next`
-//! gets it after waiting since it became runnable.
+//! `sched_switch(preempt, prev, next, prev_state)`: `prev` (= `current`)
+//! leaves the CPU (runnable again now if it was preempted or still
+//! `TASK_RUNNING`), `next` gets it after waiting since it became runnable.
 //!
-//! Task fields (`pid`, `tgid`, `flags`, cgroup) are read at offsets userspace
-//! resolved from the running kernel's BTF (`SCHED_OFFSETS`).
+//! Per switch: one helper call for `prev`, one map update if it stays
+//! runnable, one per-CPU stats update; for `next`, two kernel reads (pid,
+//! tgid at BTF-resolved offsets), a lookup and delete of its wake-up time
+//! and a per-CPU stats update.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use hostscope_common::{
-    sched::{PF_KTHREAD, RunqStats, SchedOffsets, drop_reason},
+    sched::{RunqStats, SchedOffsets, drop_reason},
     syscalls::slot_of_ns,
 };
 
@@ -25,26 +28,20 @@ use hostscope_common::{
 static SCHED_OFFSETS: SchedOffsets = SchedOffsets {
     task_pid: 0,
     task_tgid: 0,
-    task_flags: 0,
-    task_cgroups: 0,
-    css_set_dfl_cgrp: 0,
-    cgroup_kn: 0,
-    kernfs_node_id: 0,
     valid: 0,
+    _pad: 0,
 };
 
-/// When each runnable thread became runnable (ns), by thread id. LRU: a
-/// thread that exits while runnable ages out.
+/// When each runnable thread became runnable (ns), by thread id. A plain
+/// (preallocated) hash: an entry lives from wake-up or preemption to the
+/// next switch-in, so threads do not leave entries behind when they exit
+/// (a thread exits while running, and its last switch-out is voluntary).
 #[map]
-static RUNQ_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0);
+static RUNQ_START: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
 
-/// Waits and switches per process (tgid; 0: kernel threads together).
+/// Waits and switches per process (tgid).
 #[map]
 static SCHED_STATS: PerCpuHashMap<u32, RunqStats> = PerCpuHashMap::with_max_entries(8192, 0);
-
-/// Waits and switches per cgroup v2 id.
-#[map]
-static SCHED_CGROUP_STATS: PerCpuHashMap<u64, RunqStats> = PerCpuHashMap::with_max_entries(4096, 0);
 
 /// All-zero initial value (from a map: too large for the stack).
 #[map]
@@ -87,7 +84,6 @@ pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     on_switch(
         ctx.arg::<u64>(0) as u8 != 0,
-        ctx.arg::<u64>(1),
         ctx.arg::<u64>(2),
         ctx.arg::<u64>(3) as u32,
     )
@@ -97,7 +93,6 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     on_switch(
         ctx.arg::<u64>(0) as u8 != 0,
-        ctx.arg::<u64>(1),
         ctx.arg::<u64>(2),
         ctx.arg::<u64>(3) as u32,
     )
@@ -111,113 +106,90 @@ fn on_wakeup(task: u64) -> i32 {
     if let Some(tid) = read::<u32>(task, o.task_pid)
         && tid != 0
     {
-        let now = unsafe { bpf_ktime_get_ns() };
-        let _ = RUNQ_START.insert(tid, now, 0);
+        start(tid, unsafe { bpf_ktime_get_ns() });
     }
     0
 }
 
-fn on_switch(preempt: bool, prev: u64, next: u64, prev_state: u32) -> i32 {
+#[inline(always)]
+fn start(tid: u32, now: u64) {
+    if RUNQ_START.insert(tid, now, 0).is_err() {
+        count_drop(drop_reason::START_MAP_FULL);
+    }
+}
+
+#[inline(always)]
+fn agent_tgid() -> u32 {
+    unsafe { core::ptr::read_volatile(&crate::syscalls::AGENT_TGID) }
+}
+
+fn on_switch(preempt: bool, next: u64, prev_state: u32) -> i32 {
     let o = offsets();
     if o.valid == 0 {
         return 0;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    if prev != 0
-        && let Some(tid) = read::<u32>(prev, o.task_pid)
-        && tid != 0
-    {
+    // `prev` is the task still current at this tracepoint.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (prev_tid, prev_tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    if prev_tid != 0 {
         let voluntary = !preempt && prev_state != 0;
         if !voluntary {
             // Still runnable: it waits again from now.
-            let _ = RUNQ_START.insert(tid, now, 0);
+            start(prev_tid, now);
         }
-        account(&o, prev, |s| unsafe {
-            if voluntary {
-                (*s).voluntary += 1;
-            } else {
-                (*s).involuntary += 1;
+        if prev_tgid != agent_tgid()
+            && let Some(s) = entry(prev_tgid)
+        {
+            unsafe {
+                if voluntary {
+                    (*s).voluntary += 1;
+                } else {
+                    (*s).involuntary += 1;
+                }
             }
-        });
+        }
     }
-    if next != 0
-        && let Some(tid) = read::<u32>(next, o.task_pid)
-        && tid != 0
-        && let Some(start) = unsafe { RUNQ_START.get(tid) }.copied()
-    {
-        let _ = RUNQ_START.remove(tid);
-        let wait = now.saturating_sub(start);
-        let slot = slot_of_ns(wait);
-        account(&o, next, |s| unsafe {
+    if next == 0 {
+        return 0;
+    }
+    let Some(tid) = read::<u32>(next, o.task_pid).filter(|t| *t != 0) else {
+        return 0;
+    };
+    let Some(started) = (unsafe { RUNQ_START.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = RUNQ_START.remove(tid);
+    let tgid: u32 = read(next, o.task_tgid).unwrap_or(0);
+    if tgid == 0 || tgid == agent_tgid() {
+        return 0;
+    }
+    let wait = now.saturating_sub(started);
+    let slot = slot_of_ns(wait);
+    if let Some(s) = entry(tgid) {
+        unsafe {
             (*s).count += 1;
             (*s).sum_ns += wait;
             if let Some(b) = (*s).slots.get_mut(slot) {
                 *b += 1;
             }
-        });
+        }
     }
     0
 }
 
-/// Applies `f` to the task's process entry and to its cgroup's entry.
+/// This CPU's stats of process `tgid`, created on first use.
 #[inline(always)]
-fn account(o: &SchedOffsets, task: u64, f: impl Fn(*mut RunqStats)) {
-    let flags: u32 = read(task, o.task_flags).unwrap_or(0);
-    let tgid: u32 = if flags & PF_KTHREAD != 0 {
-        0
-    } else {
-        read(task, o.task_tgid).unwrap_or(0)
-    };
-    // The agent does not measure itself.
-    if tgid != 0 && tgid == unsafe { core::ptr::read_volatile(&crate::syscalls::AGENT_TGID) } {
-        return;
-    }
-    match entry_u32(tgid) {
-        Some(s) => f(s),
-        None => count_drop(drop_reason::STATS_MAP_FULL),
-    }
-    let cgid = cgroup_id(o, task);
-    if cgid != 0 {
-        match entry_u64(cgid) {
-            Some(s) => f(s),
-            None => count_drop(drop_reason::CGROUP_MAP_FULL),
-        }
-    }
-}
-
-#[inline(always)]
-fn entry_u32(tgid: u32) -> Option<*mut RunqStats> {
+fn entry(tgid: u32) -> Option<*mut RunqStats> {
     if let Some(p) = SCHED_STATS.get_ptr_mut(tgid) {
         return Some(p);
     }
     let zero = SCHED_STATS_ZERO.get(0)?;
-    SCHED_STATS.insert(tgid, zero, 0).ok()?;
-    SCHED_STATS.get_ptr_mut(tgid)
-}
-
-#[inline(always)]
-fn entry_u64(cgid: u64) -> Option<*mut RunqStats> {
-    if let Some(p) = SCHED_CGROUP_STATS.get_ptr_mut(cgid) {
-        return Some(p);
+    if SCHED_STATS.insert(tgid, zero, 0).is_err() {
+        count_drop(drop_reason::STATS_MAP_FULL);
+        return None;
     }
-    let zero = SCHED_STATS_ZERO.get(0)?;
-    SCHED_CGROUP_STATS.insert(cgid, zero, 0).ok()?;
-    SCHED_CGROUP_STATS.get_ptr_mut(cgid)
-}
-
-/// The task's cgroup v2 id: task->cgroups->dfl_cgrp->kn->id.
-#[inline(always)]
-fn cgroup_id(o: &SchedOffsets, task: u64) -> u64 {
-    let Some(cset) = read::<u64>(task, o.task_cgroups).filter(|p| *p != 0) else {
-        return 0;
-    };
-    let Some(cgrp) = read::<u64>(cset, o.css_set_dfl_cgrp).filter(|p| *p != 0) else {
-        return 0;
-    };
-    let Some(kn) = read::<u64>(cgrp, o.cgroup_kn).filter(|p| *p != 0) else {
-        return 0;
-    };
-    read::<u64>(kn, o.kernfs_node_id).unwrap_or(0)
+    SCHED_STATS.get_ptr_mut(tgid)
 }
 
 #[inline(always)]

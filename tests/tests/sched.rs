@@ -278,7 +278,8 @@ fn distribution_agrees_with_runqlat() {
     std::thread::sleep(Duration::from_millis(1200));
     let lines = agent.stop_with(libc::SIGTERM);
     let (count, _, _, _) = agent_view(&lines, pid).expect("the child's run-queue delay");
-    // Waits of at least 2^-10 s (976.6 µs): buckets of index >= -9.
+    // Waits of more than 2^-10 s (976.6 µs): buckets of index >= -10, since
+    // bucket i holds (2^i, 2^(i+1)] seconds.
     let mut slow = 0u64;
     for l in &lines {
         for rm in l["resourceMetrics"].as_array().into_iter().flatten() {
@@ -307,7 +308,7 @@ fn distribution_agrees_with_runqlat() {
                     .into_iter()
                     .flatten()
                     .enumerate()
-                    .filter(|(i, _)| offset + *i as i64 >= -9)
+                    .filter(|(i, _)| offset + *i as i64 >= -10)
                     .map(|(_, c)| c.as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0))
                     .sum();
             }

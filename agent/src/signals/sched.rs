@@ -13,7 +13,7 @@
 //!   the kernel counts `nvcsw` / `nivcsw`.
 
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::{BTreeMap, HashMap as StdHashMap},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -37,7 +37,7 @@ use crate::{
 };
 
 const DROP_REASONS: [&str; drop_reason::COUNT as usize] =
-    ["sched_stats_map_full", "sched_cgroup_map_full"];
+    ["sched_stats_map_full", "sched_start_map_full"];
 
 #[derive(Debug, Error)]
 pub enum SchedError {
@@ -58,23 +58,29 @@ pub fn resolve_offsets(btf: &KernelBtf) -> Result<SchedOffsets, BtfError> {
     Ok(SchedOffsets {
         task_pid: btf.offset_of("task_struct", "pid")?,
         task_tgid: btf.offset_of("task_struct", "tgid")?,
-        task_flags: btf.offset_of("task_struct", "flags")?,
-        task_cgroups: btf.offset_of("task_struct", "cgroups")?,
-        css_set_dfl_cgrp: btf.offset_of("css_set", "dfl_cgrp")?,
-        cgroup_kn: btf.offset_of("cgroup", "kn")?,
-        kernfs_node_id: btf.offset_of("kernfs_node", "id")?,
         valid: 1,
+        _pad: 0,
     })
 }
 
 /// The attached sched signal.
 pub struct Sched {
     stats: PerCpuHashMap<MapData, u32, RunqStats>,
-    cgroup_stats: PerCpuHashMap<MapData, u64, RunqStats>,
     drops: PerCpuArray<MapData, u64>,
     pub programs: Vec<Attached>,
     attached_unix_nano: u64,
-    cgroups: CgroupPaths,
+    /// Per process: whether it is a kernel thread, its cgroup v2 path, and
+    /// its totals at the last collection (to add the change to its cgroup).
+    seen: StdHashMap<u32, Seen>,
+    /// Cumulative totals per cgroup path, and of all kernel threads.
+    by_cgroup: BTreeMap<String, RunqStats>,
+    kthreads: RunqStats,
+}
+
+struct Seen {
+    kthread: bool,
+    cgroup: Option<String>,
+    last: RunqStats,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, SchedError>
@@ -128,65 +134,72 @@ impl Sched {
         }
         Ok(Self {
             stats: take(ebpf, "SCHED_STATS")?,
-            cgroup_stats: take(ebpf, "SCHED_CGROUP_STATS")?,
             drops: take(ebpf, "SCHED_DROPS")?,
             programs,
             attached_unix_nano: now_unix_nano,
-            cgroups: CgroupPaths::discover(),
+            seen: StdHashMap::new(),
+            by_cgroup: BTreeMap::new(),
+            kthreads: RunqStats::ZERO,
         })
     }
 
+    /// Drains the map into `out`: per process (kernel threads together on
+    /// the host's resource), and per cgroup as the running sum of its
+    /// processes' changes (so a cgroup's counters never go back when one of
+    /// its processes exits).
     pub fn collect(&mut self, now_unix_nano: u64, cache: &mut ProcessCache, out: &mut Collected) {
-        let mut gone = Vec::new();
         let per_pid: Vec<(u32, RunqStats)> = self
             .stats
             .iter()
             .filter_map(Result::ok)
             .map(|(k, v)| (k, sum(&v)))
             .collect();
+        let mut gone = Vec::new();
         for (pid, s) in per_pid {
-            let info = (pid != 0).then(|| identity(cache, pid));
-            if let Some(i) = &info
-                && !cache.is_alive(i)
-            {
+            let seen = self.seen.entry(pid).or_insert_with(|| Seen {
+                kthread: is_kthread(pid),
+                cgroup: cgroup_v2_path(pid),
+                last: RunqStats::ZERO,
+            });
+            let delta = diff(&s, &seen.last);
+            seen.last = s;
+            if seen.kthread {
+                add(&mut self.kthreads, &delta);
+                continue;
+            }
+            if let Some(path) = &seen.cgroup {
+                add(
+                    self.by_cgroup
+                        .entry(path.clone())
+                        .or_insert(RunqStats::ZERO),
+                    &delta,
+                );
+            }
+            let info = identity(cache, pid);
+            if !cache.is_alive(&info) {
                 gone.push(pid);
             }
             let w = Window {
-                start_unix_nano: self
-                    .attached_unix_nano
-                    .max(info.as_ref().map_or(0, |i| i.creation_time_unix_nano)),
+                start_unix_nano: self.attached_unix_nano.max(info.creation_time_unix_nano),
                 time_unix_nano: now_unix_nano,
             };
-            let metrics = metrics(&s, w);
-            match info {
-                Some(info) => out.process(&info).metrics.extend(metrics),
-                None => out.host.extend(metrics),
-            }
+            out.process(&info).metrics.extend(metrics(&s, w));
         }
-        let per_cgroup: Vec<(u64, RunqStats)> = self
-            .cgroup_stats
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| (k, sum(&v)))
-            .collect();
         let w = Window {
             start_unix_nano: self.attached_unix_nano,
             time_unix_nano: now_unix_nano,
         };
-        let mut removed = Vec::new();
-        for (id, s) in per_cgroup {
-            match self.cgroups.path(id) {
-                Some(path) => out.cgroups.entry(path).or_default().extend(metrics(&s, w)),
-                None => removed.push(id),
-            }
-        }
-        for id in removed {
-            // The cgroup was deleted: its last values went out before.
-            let _ = self.cgroup_stats.remove(&id);
+        out.host.extend(metrics(&self.kthreads, w));
+        for (path, s) in &self.by_cgroup {
+            out.cgroups
+                .entry(path.clone())
+                .or_default()
+                .extend(metrics(s, w));
         }
         self.self_metrics(w, out);
         for pid in gone {
             let _ = self.stats.remove(&pid);
+            self.seen.remove(&pid);
         }
     }
 
@@ -224,6 +237,49 @@ fn sum(values: &PerCpuValues<RunqStats>) -> RunqStats {
         }
     }
     t
+}
+
+fn diff(now: &RunqStats, before: &RunqStats) -> RunqStats {
+    let mut d = RunqStats::ZERO;
+    d.count = now.count.saturating_sub(before.count);
+    d.sum_ns = now.sum_ns.saturating_sub(before.sum_ns);
+    d.voluntary = now.voluntary.saturating_sub(before.voluntary);
+    d.involuntary = now.involuntary.saturating_sub(before.involuntary);
+    for ((d, n), b) in d.slots.iter_mut().zip(&now.slots).zip(&before.slots) {
+        *d = n.saturating_sub(*b);
+    }
+    d
+}
+
+fn add(total: &mut RunqStats, d: &RunqStats) {
+    total.count += d.count;
+    total.sum_ns += d.sum_ns;
+    total.voluntary += d.voluntary;
+    total.involuntary += d.involuntary;
+    for (t, x) in total.slots.iter_mut().zip(&d.slots) {
+        *t += x;
+    }
+}
+
+/// `PF_KTHREAD` in `/proc/<pid>/stat`'s flags (field 9).
+fn is_kthread(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1.to_string();
+            after.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .is_some_and(|f| f & PF_KTHREAD != 0)
+}
+
+/// The cgroup v2 path of a process (the `0::` line of /proc/<pid>/cgroup).
+fn cgroup_v2_path(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .filter(|p| p != "/")
 }
 
 fn metrics(s: &RunqStats, w: Window) -> Vec<Metric> {
