@@ -10,7 +10,9 @@
 //! A switch away from a task is voluntary when it was not a preemption and
 //! the task was no longer runnable (`!preempt && prev_state != 0`), exactly
 //! the condition under which the kernel counts `nvcsw`; otherwise it counts
-//! towards `nivcsw`.
+//! towards `nivcsw`. It is counted when the task next gets a CPU: the last
+//! switch-out of an exiting thread is missed and its first run (after
+//! `sched_wakeup_new`) counted in its place.
 
 use crate::syscalls::HIST_SLOTS;
 

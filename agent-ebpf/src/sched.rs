@@ -8,10 +8,14 @@
 //! leaves the CPU (runnable again now if it was preempted or still
 //! `TASK_RUNNING`), `next` gets it after waiting since it became runnable.
 //!
-//! Per switch: one helper call for `prev`, one map update if it stays
-//! runnable, one per-CPU stats update; for `next`, two kernel reads (pid,
-//! tgid at BTF-resolved offsets), a lookup and delete of its wake-up time
-//! and a per-CPU stats update.
+//! Per switch: one helper call for `prev` and one map update if it stays
+//! runnable; for `next`, two kernel reads (pid, tgid at BTF-resolved
+//! offsets), a lookup and delete of its wake-up time and one per-CPU stats
+//! update, which also counts the switch-out that began the wait (voluntary
+//! after a wake-up, involuntary after a preemption). A thread's last
+//! switch-out, at exit, is never followed by a switch-in and is not counted;
+//! its first run after `sched_wakeup_new` is counted instead, so totals are
+//! exact for threads born while the programs are attached.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
@@ -123,32 +127,24 @@ fn agent_tgid() -> u32 {
     unsafe { core::ptr::read_volatile(&crate::syscalls::AGENT_TGID) }
 }
 
+/// Set in a `RUNQ_START` value when the wait began with a preemption (the
+/// switch-in then counts an involuntary switch), clear when it began with a
+/// wake-up (a voluntary one).
+const PREEMPTED: u64 = 1 << 63;
+
 fn on_switch(preempt: bool, next: u64, prev_state: u32) -> i32 {
     let o = offsets();
     if o.valid == 0 {
         return 0;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    // `prev` is the task still current at this tracepoint.
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (prev_tid, prev_tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
-    if prev_tid != 0 {
-        let voluntary = !preempt && prev_state != 0;
-        if !voluntary {
-            // Still runnable: it waits again from now.
-            start(prev_tid, now);
-        }
-        if prev_tgid != agent_tgid()
-            && let Some(s) = entry(prev_tgid)
-        {
-            unsafe {
-                if voluntary {
-                    (*s).voluntary += 1;
-                } else {
-                    (*s).involuntary += 1;
-                }
-            }
-        }
+    // `prev` is the task still current at this tracepoint. A task switched
+    // out while still runnable waits again from now; one that blocked waits
+    // from its wake-up. Either way its switch-out is counted when it next
+    // gets a CPU, so nothing per-process is touched here.
+    let prev_tid = bpf_get_current_pid_tgid() as u32;
+    if prev_tid != 0 && (preempt || prev_state == 0) {
+        start(prev_tid, now | PREEMPTED);
     }
     if next == 0 {
         return 0;
@@ -164,7 +160,7 @@ fn on_switch(preempt: bool, next: u64, prev_state: u32) -> i32 {
     if tgid == 0 || tgid == agent_tgid() {
         return 0;
     }
-    let wait = now.saturating_sub(started);
+    let wait = now.saturating_sub(started & !PREEMPTED);
     let slot = slot_of_ns(wait);
     if let Some(s) = entry(tgid) {
         unsafe {
@@ -172,6 +168,11 @@ fn on_switch(preempt: bool, next: u64, prev_state: u32) -> i32 {
             (*s).sum_ns += wait;
             if let Some(b) = (*s).slots.get_mut(slot) {
                 *b += 1;
+            }
+            if started & PREEMPTED != 0 {
+                (*s).involuntary += 1;
+            } else {
+                (*s).voluntary += 1;
             }
         }
     }
