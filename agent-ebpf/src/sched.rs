@@ -8,17 +8,19 @@
 //! leaves the CPU (runnable again now if it was preempted or still
 //! `TASK_RUNNING`), `next` gets it after waiting since it became runnable.
 //!
-//! Per switch: one helper call for `prev` and one map update if it stays
-//! runnable; for `next`, two kernel reads (pid, tgid at BTF-resolved
-//! offsets), a lookup and delete of its wake-up time and one per-CPU stats
-//! update, which also counts the switch-out that began the wait (voluntary
+//! Per wake-up: one map update keyed by the task's address. Per switch: for
+//! `prev`, two helper calls and one map update if it stays runnable; for
+//! `next`, a lookup and delete of its wake-up time, one kernel read (tgid at
+//! a BTF-resolved offset) and one per-CPU stats update, which also counts the switch-out that began the wait (voluntary
 //! after a wake-up, involuntary after a preemption). A thread's last
 //! switch-out, at exit, is never followed by a switch-in and is not counted;
 //! its first run after `sched_wakeup_new` is counted instead, so totals are
 //! exact for threads born while the programs are attached.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -36,12 +38,15 @@ static SCHED_OFFSETS: SchedOffsets = SchedOffsets {
     _pad: 0,
 };
 
-/// When each runnable thread became runnable (ns), by thread id. A plain
-/// (preallocated) hash: an entry lives from wake-up or preemption to the
-/// next switch-in, so threads do not leave entries behind when they exit
-/// (a thread exits while running, and its last switch-out is voluntary).
+/// When each runnable thread became runnable (ns), keyed by its
+/// `task_struct` address (what the tracepoints pass, so no read is needed to
+/// find the key; a new task's `sched_wakeup_new` replaces whatever a freed
+/// one at the same address left). A plain (preallocated) hash: an entry
+/// lives from wake-up or preemption to the next switch-in, so threads do not
+/// leave entries behind when they exit (a thread exits while running, and
+/// its last switch-out is voluntary).
 #[map]
-static RUNQ_START: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
+static RUNQ_START: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
 
 /// Waits and switches per process (tgid).
 #[map]
@@ -103,21 +108,16 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 fn on_wakeup(task: u64) -> i32 {
-    let o = offsets();
-    if o.valid == 0 || task == 0 {
+    if offsets().valid == 0 || task == 0 {
         return 0;
     }
-    if let Some(tid) = read::<u32>(task, o.task_pid)
-        && tid != 0
-    {
-        start(tid, unsafe { bpf_ktime_get_ns() });
-    }
+    start(task, unsafe { bpf_ktime_get_ns() });
     0
 }
 
 #[inline(always)]
-fn start(tid: u32, now: u64) {
-    if RUNQ_START.insert(tid, now, 0).is_err() {
+fn start(task: u64, now: u64) {
+    if RUNQ_START.insert(task, now, 0).is_err() {
         count_drop(drop_reason::START_MAP_FULL);
     }
 }
@@ -142,20 +142,17 @@ fn on_switch(preempt: bool, next: u64, prev_state: u32) -> i32 {
     // out while still runnable waits again from now; one that blocked waits
     // from its wake-up. Either way its switch-out is counted when it next
     // gets a CPU, so nothing per-process is touched here.
-    let prev_tid = bpf_get_current_pid_tgid() as u32;
-    if prev_tid != 0 && (preempt || prev_state == 0) {
-        start(prev_tid, now | PREEMPTED);
+    // (The idle task, tid 0, is not timed.)
+    if (preempt || prev_state == 0) && bpf_get_current_pid_tgid() as u32 != 0 {
+        start(unsafe { bpf_get_current_task() }, now | PREEMPTED);
     }
     if next == 0 {
         return 0;
     }
-    let Some(tid) = read::<u32>(next, o.task_pid).filter(|t| *t != 0) else {
+    let Some(started) = (unsafe { RUNQ_START.get(next) }).copied() else {
         return 0;
     };
-    let Some(started) = (unsafe { RUNQ_START.get(tid) }).copied() else {
-        return 0;
-    };
-    let _ = RUNQ_START.remove(tid);
+    let _ = RUNQ_START.remove(next);
     let tgid: u32 = read(next, o.task_tgid).unwrap_or(0);
     if tgid == 0 || tgid == agent_tgid() {
         return 0;
