@@ -58,6 +58,23 @@ pub struct BenchArgs {
     /// Only the series part (skip the syscall and ping-pong rounds).
     #[arg(long)]
     pub only_series: bool,
+    /// Only the tcp part (loopback bulk and request/response with and
+    /// without the agent).
+    #[arg(long, conflicts_with = "only_series")]
+    pub only_tcp: bool,
+    /// Only the scheduler part (context-switch ping-pong with nothing,
+    /// hostscope's sched signal and `runqlat` attached).
+    #[arg(long, conflicts_with_all = ["only_series", "only_tcp"])]
+    pub only_sched: bool,
+    /// Rounds of the tcp part; each runs every case once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tcp_rounds: u32,
+    /// Bytes per tcp bulk measurement.
+    #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tcp_bytes: u64,
+    /// Round trips per tcp request/response measurement.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tcp_round_trips: u64,
 }
 
 /// Samples of one workload, indexed by [`Case::index`].
@@ -113,7 +130,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         workload: util::built_binary("release", "hostscope-workload"),
         syscount: find_syscount()?,
     };
-    if !args.only_series {
+    if !args.only_series && !args.only_tcp && !args.only_sched {
         let started = Instant::now();
         let samples = measure(&bins, args)?;
         eprintln!(
@@ -124,13 +141,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         print_report(args, &samples[0]);
         print_pingpong(args, &samples[1]);
     }
-    if !args.series.is_empty() {
+    if !args.only_tcp && !args.only_sched && !args.series.is_empty() {
         crate::bench_series::run(
             &bins.hostscope,
             &bins.workload,
             &util::built_binary("release", "hostscope-sink"),
             &args.series,
         )?;
+    }
+    if !args.only_series && !args.only_sched {
+        crate::bench_tcp::run(
+            &bins.hostscope,
+            &bins.workload,
+            &crate::bench_tcp::TcpOptions {
+                rounds: args.tcp_rounds,
+                bytes: args.tcp_bytes,
+                round_trips: args.tcp_round_trips,
+            },
+        )?;
+    }
+    if !args.only_series && !args.only_tcp {
+        crate::bench_sched::run(&bins.hostscope, &bins.workload)?;
     }
     Ok(())
 }

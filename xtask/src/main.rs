@@ -4,7 +4,9 @@
 //! [`util`]. `cargo xtask test` is the command README and CI run.
 
 mod bench;
+mod bench_sched;
 mod bench_series;
+mod bench_tcp;
 mod build_cmd;
 mod kernels;
 mod lint;

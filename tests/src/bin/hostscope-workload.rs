@@ -47,6 +47,22 @@
 //! one `connect` with a T ms timeout and prints `{"pid":..,"connected":..,
 //! "error":..,"elapsed_ms":..}` (`error` null if it connected); exit 0
 //! either way (its deadline is T + 5 s).
+//!
+//! Loopback TCP throughput, for `cargo xtask bench` (tcp part); both ends
+//! run in this process (two threads), so its CPU time is both ends' (the
+//! kernel's loopback receive work included: it runs in the sender's
+//! context). Bounded by `--timeout-ms` (default 60000) like the above.
+//!
+//! `hostscope-workload tcp-bulk --bytes N [--write-size W]` sends N bytes
+//! over one 127.0.0.1 connection in W-byte writes (default 64 KiB) to a
+//! thread that reads until EOF; prints `{"bytes":..,"elapsed_ns":..,
+//! "cpu_ns":..}` (`cpu_ns`: this process's CPU time, all threads).
+//!
+//! `hostscope-workload tcp-rr --count N [--size S] [--one-cpu]` makes N
+//! request/response round trips of S bytes (default 64) each way over one
+//! 127.0.0.1 connection with TCP_NODELAY to an echo thread: one write and
+//! one read per message. With `--one-cpu` both threads are pinned to the
+//! current CPU. Prints `{"round_trips":..,"elapsed_ns":..,"cpu_ns":..}`.
 
 use std::{
     io::{BufRead, Read as _, Write},
@@ -82,13 +98,15 @@ fn main() {
         Some("tcp-sink") => tcp_sink(&args[1..]),
         Some("tcp-send") => tcp_send(&args[1..]),
         Some("tcp-connect") => tcp_connect(&args[1..]),
+        Some("tcp-bulk") => tcp_bulk(&args[1..]),
+        Some("tcp-rr") => tcp_rr(&args[1..]),
         Some("pingpong") => {
             let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
             println!("{:.2}", pingpong(n));
         }
         _ => {
             eprintln!(
-                "usage: hostscope-workload mix [--getppid N] [--sleeps K] [--sleep-ms M] [--ebadf F] [--enoent E] | getppid-loop N | series P K | pingpong N | tcp-sink --listen ADDR:PORT [--send N] | tcp-send --connect ADDR:PORT [--bytes N] [--recv] | tcp-connect --connect ADDR:PORT --timeout-ms T"
+                "usage: hostscope-workload mix [--getppid N] [--sleeps K] [--sleep-ms M] [--ebadf F] [--enoent E] | getppid-loop N | series P K | pingpong N | tcp-sink --listen ADDR:PORT [--send N] | tcp-send --connect ADDR:PORT [--bytes N] [--recv] | tcp-connect --connect ADDR:PORT --timeout-ms T | tcp-bulk --bytes N [--write-size W] | tcp-rr --count N [--size S] [--one-cpu]"
             );
             std::process::exit(2);
         }
@@ -303,6 +321,139 @@ fn tcp_connect(args: &[String]) {
         "error": error,
         "elapsed_ms": elapsed_ms,
     }));
+}
+
+/// CPU time of this process (all threads) in ns.
+fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) },
+        0,
+        "clock_gettime"
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A listener on an ephemeral 127.0.0.1 port and a connection to it: (the
+/// client end, the accepted end).
+fn loopback_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|e| fail(format!("bind 127.0.0.1:0: {e}"), 1));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| fail(format!("getsockname: {e}"), 1));
+    let client =
+        TcpStream::connect(addr).unwrap_or_else(|e| fail(format!("connect {addr}: {e}"), 1));
+    let (server, _) = listener
+        .accept()
+        .unwrap_or_else(|e| fail(format!("accept: {e}"), 1));
+    (client, server)
+}
+
+fn tcp_bulk(args: &[String]) {
+    let bytes = flag(args, "--bytes", 1 << 30);
+    let write_size = flag(args, "--write-size", CHUNK as u64).clamp(1, 1 << 20) as usize;
+    watchdog(flag(args, "--timeout-ms", 60_000));
+    let (mut client, mut server) = loopback_pair();
+    let t = Instant::now();
+    let cpu = process_cpu_ns();
+    let reader = std::thread::spawn(move || recv_to_eof(&mut server, u64::MAX));
+    let buf = vec![0x5au8; write_size];
+    let mut left = bytes;
+    while left > 0 {
+        let len = left.min(write_size as u64) as usize;
+        match client.write(&buf[..len]) {
+            Ok(0) => fail("write returned 0".into(), 1),
+            Ok(w) => {
+                left -= w as u64;
+                SENT.fetch_add(w as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => fail(format!("write: {e}"), 1),
+        }
+    }
+    client
+        .shutdown(Shutdown::Write)
+        .unwrap_or_else(|e| fail(format!("shutdown: {e}"), 1));
+    reader.join().unwrap();
+    let elapsed_ns = t.elapsed().as_nanos() as u64;
+    let cpu_ns = process_cpu_ns() - cpu;
+    let received = RECEIVED.load(Ordering::Relaxed);
+    if received != bytes {
+        fail(format!("sent {bytes} bytes, received {received}"), 1);
+    }
+    emit(serde_json::json!({ "bytes": bytes, "elapsed_ns": elapsed_ns, "cpu_ns": cpu_ns }));
+}
+
+/// Reads exactly `buf.len()` bytes; false on EOF before the first byte.
+fn read_message(s: &mut TcpStream, buf: &mut [u8]) -> bool {
+    let mut at = 0;
+    while at < buf.len() {
+        match s.read(&mut buf[at..]) {
+            Ok(0) if at == 0 => return false,
+            Ok(0) => fail("EOF inside a message".into(), 1),
+            Ok(r) => at += r,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => fail(format!("read: {e}"), 1),
+        }
+    }
+    true
+}
+
+/// Writes all of `buf`.
+fn write_message(s: &mut TcpStream, buf: &[u8]) {
+    s.write_all(buf)
+        .unwrap_or_else(|e| fail(format!("write: {e}"), 1));
+}
+
+fn tcp_rr(args: &[String]) {
+    let count = flag(args, "--count", 100_000);
+    let size = flag(args, "--size", 64).clamp(1, 1 << 20) as usize;
+    let one_cpu = args.iter().any(|a| a == "--one-cpu");
+    watchdog(flag(args, "--timeout-ms", 60_000));
+    if one_cpu {
+        // Inherited by the echo thread spawned below.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(libc::sched_getcpu().max(0) as usize, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+                0,
+                "sched_setaffinity"
+            );
+        }
+    }
+    let (mut client, mut server) = loopback_pair();
+    for s in [&client, &server] {
+        s.set_nodelay(true)
+            .unwrap_or_else(|e| fail(format!("TCP_NODELAY: {e}"), 1));
+    }
+    let echo = std::thread::spawn(move || {
+        let mut buf = vec![0u8; size];
+        while read_message(&mut server, &mut buf) {
+            write_message(&mut server, &buf);
+        }
+    });
+    let request = vec![0x5au8; size];
+    let mut response = vec![0u8; size];
+    let t = Instant::now();
+    let cpu = process_cpu_ns();
+    for _ in 0..count {
+        write_message(&mut client, &request);
+        if !read_message(&mut client, &mut response) {
+            fail("EOF instead of a response".into(), 1);
+        }
+    }
+    let elapsed_ns = t.elapsed().as_nanos() as u64;
+    let cpu_ns = process_cpu_ns() - cpu;
+    client
+        .shutdown(Shutdown::Write)
+        .unwrap_or_else(|e| fail(format!("shutdown: {e}"), 1));
+    echo.join().unwrap();
+    emit(serde_json::json!({ "round_trips": count, "elapsed_ns": elapsed_ns, "cpu_ns": cpu_ns }));
 }
 
 fn flag(args: &[String], name: &str, default: u64) -> u64 {
