@@ -1,9 +1,9 @@
 //! The agent: loads and attaches the signals, then every interval drains them,
 //! attaches identity and hands OTLP requests to the exporters.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use aya::Ebpf;
 use opentelemetry_proto::tonic::{
     collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
@@ -12,12 +12,13 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans},
 };
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     config::Config,
     ebpf::{self, Attached, LoadSettings},
     export::Exporters,
+    health::{self, Health},
     identity::{self, HostInfo, ProcessCache, ProcessInfo},
     otlp::{self, Window},
     signals::{Collected, cgroups::Cgroups, oom::Oom, sched::Sched, syscalls::Syscalls, tcp::Tcp},
@@ -42,14 +43,27 @@ pub struct Agent {
     started_unix_nano: u64,
     /// Everything attached, for self-telemetry.
     attached: Vec<Attached>,
+    /// What `/healthz` and `/readyz` report.
+    health: Arc<Health>,
 }
 
 impl Agent {
-    /// Loads and attaches what it can; a signal that fails is logged in one
-    /// line and the rest keeps running.
-    pub fn start(cfg: Config) -> Self {
+    /// Starts the HTTP listener, loads and attaches what it can (a signal
+    /// that fails is logged in one line and the rest keeps running), then
+    /// drops every capability unless told to keep them. Fails only when the
+    /// capabilities cannot be dropped.
+    pub fn start(cfg: Config) -> Result<Self> {
         let started_unix_nano = identity::now_unix_nano();
         let exporters = Exporters::start(&cfg);
+        let health = Health::new(cfg.interval);
+        if let Some(addr) = cfg.listen {
+            health::start(
+                addr,
+                health.clone(),
+                exporters.prometheus(),
+                !cfg.keep_capabilities,
+            );
+        }
         let mut agent = Self {
             host: HostInfo::read(),
             cache: ProcessCache::new(),
@@ -62,13 +76,114 @@ impl Agent {
             cgroups: None,
             started_unix_nano,
             attached: Vec::new(),
+            health,
             cfg,
         };
         agent.load();
         if agent.cfg.cgroups.enabled {
             agent.cgroups = Cgroups::start(&agent.cfg.cgroups, started_unix_nano);
         }
-        agent
+        agent.health.attached(agent.signals_summary());
+        agent.drop_privilege()?;
+        Ok(agent)
+    }
+
+    /// Which enabled signals run and which failed, for `/readyz`.
+    fn signals_summary(&self) -> String {
+        let c = &self.cfg;
+        let signals = [
+            ("syscalls", c.syscalls.enabled, self.syscalls.is_some()),
+            ("tcp", c.tcp.enabled, self.tcp.is_some()),
+            ("sched", c.sched_enabled, self.sched.is_some()),
+            ("oom", c.oom_enabled, self.oom.is_some()),
+            ("cgroups", c.cgroups.enabled, self.cgroups.is_some()),
+        ];
+        let list = |up: bool| {
+            let v: Vec<&str> = signals
+                .iter()
+                .filter(|(_, enabled, running)| *enabled && *running == up)
+                .map(|(name, _, _)| *name)
+                .collect();
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        format!("signals running: {}; failed: {}", list(true), list(false))
+    }
+
+    /// After attaching: gives up every capability (see `crate::privilege`),
+    /// or says which are kept.
+    fn drop_privilege(&self) -> Result<()> {
+        if self.cfg.keep_capabilities {
+            let held = caps::read(None, caps::CapSet::Permitted)
+                .map(|s| {
+                    let mut v: Vec<_> = s.into_iter().collect();
+                    v.sort_by_key(|c| c.index());
+                    crate::privilege::names(&v)
+                })
+                .unwrap_or_else(|e| e.to_string());
+            info!(kept = held, "capabilities kept (--keep-capabilities)");
+            return Ok(());
+        }
+        // One bpf() call on a descriptor the agent holds: the run statistics
+        // of an attached program (what self-telemetry asks every interval).
+        let probe = || -> std::io::Result<()> {
+            let (Some(obj), Some(a)) = (self._ebpf.as_ref(), self.attached.first()) else {
+                return Ok(());
+            };
+            let Some(p) = obj.program(&a.program) else {
+                return Ok(());
+            };
+            p.info().map(|_| ()).map_err(|e| {
+                let mut source: Option<&dyn std::error::Error> = Some(&e);
+                while let Some(s) = source {
+                    if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                        return std::io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(0));
+                    }
+                    source = s.source();
+                }
+                std::io::Error::other(e.to_string())
+            })
+        };
+        let d = crate::privilege::drop_process(probe).map_err(|e| {
+            anyhow!(
+                "cannot drop capabilities after attaching: {e}; refusing to run with them \
+                 (--keep-capabilities or keep_capabilities: true runs with them)"
+            )
+        })?;
+        let given_up: Vec<caps::Capability> = d
+            .permitted_before
+            .iter()
+            .copied()
+            .filter(|c| Some(*c) != d.kept)
+            .collect();
+        info!(
+            dropped = crate::privilege::names(&given_up),
+            bounding_set = match d.bounding_dropped {
+                Some(n) => format!("{n} dropped"),
+                None => "unchanged (no CAP_SETPCAP; no_new_privs is set)".to_string(),
+            },
+            "capabilities dropped after attaching: effective, permitted, inheritable and \
+             ambient sets empty, no_new_privs set"
+        );
+        if let Some(k) = d.kept {
+            warn!(
+                "kept {k}: this kernel refuses bpf() calls on the agent's own map and program \
+                 descriptors without it (kernel.unprivileged_bpf_disabled before Linux 5.19); \
+                 every other capability is dropped"
+            );
+        }
+        let threads = crate::privilege::threads_holding_capabilities(d.kept);
+        if !threads.is_empty() {
+            return Err(anyhow!(
+                "capabilities dropped on the main thread, but threads {} still hold some; \
+                 refusing to run with them",
+                threads.join(", ")
+            ));
+        }
+        Ok(())
     }
 
     fn load(&mut self) {
@@ -317,9 +432,21 @@ impl Agent {
                 () = events => {}
                 () = tcp_events => {}
                 () = oom_events => {}
-                _ = sigint.recv() => { info!("SIGINT: flushing and detaching"); break; }
-                _ = sigterm.recv() => { info!("SIGTERM: flushing and detaching"); break; }
-                () = until_deadline => { info!("duration reached: flushing and detaching"); break; }
+                _ = sigint.recv() => {
+                    info!("SIGINT: flushing and detaching");
+                    self.health.stopping("SIGINT");
+                    break;
+                }
+                _ = sigterm.recv() => {
+                    info!("SIGTERM: flushing and detaching");
+                    self.health.stopping("SIGTERM");
+                    break;
+                }
+                () = until_deadline => {
+                    info!("duration reached: flushing and detaching");
+                    self.health.stopping("--duration reached");
+                    break;
+                }
             }
         }
         // Pick up events already in the ring buffer, then flush.
@@ -359,6 +486,7 @@ impl Agent {
         let (metrics, traces) = self.requests(now, collected);
         let t2 = std::time::Instant::now();
         self.exporters.export(metrics, traces);
+        self.health.interval_exported();
         // Read by `cargo xtask bench` to split the agent's CPU time by phase.
         tracing::debug!(
             collect_ms = (t1 - t0).as_secs_f64() * 1e3,

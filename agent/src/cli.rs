@@ -47,10 +47,15 @@ pub struct RunArgs {
     /// OTEL_METRICS_EXPORTER and OTEL_TRACES_EXPORTER decide (default otlp).
     #[arg(long = "exporter", value_enum)]
     pub exporters: Vec<ExporterKind>,
-    /// Address of the Prometheus endpoint (default: OTEL_EXPORTER_PROMETHEUS_HOST
-    /// and _PORT, else 127.0.0.1:9464).
+    /// Address of the HTTP listener serving /healthz, /readyz and (with
+    /// --exporter prometheus) /metrics: IP:PORT, or none for no listener
+    /// (default: OTEL_EXPORTER_PROMETHEUS_HOST and _PORT, else 127.0.0.1:9464).
+    #[arg(long, visible_alias = "prometheus-listen", value_name = "ADDR|none", value_parser = parse_listen_flag)]
+    pub listen: Option<Listen>,
+    /// Keep every capability after the programs are attached (default: drop
+    /// them all, so a compromised agent cannot load new programs).
     #[arg(long)]
-    pub prometheus_listen: Option<std::net::SocketAddr>,
+    pub keep_capabilities: bool,
     /// YAML configuration file (default: $HOSTSCOPE_CONFIG if set). Its
     /// settings override OTEL_* variables; flags override it.
     #[arg(long, value_name = "FILE")]
@@ -137,6 +142,10 @@ pub struct RunArgs {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Threshold(pub Option<Duration>);
 
+/// `--listen`: an address, or None for `none`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Listen(pub Option<std::net::SocketAddr>);
+
 impl RunArgs {
     /// The configuration these flags, the config file and the environment
     /// describe, checked whole. Flags win over the file, which wins over
@@ -200,29 +209,45 @@ impl RunArgs {
                 },
             },
         };
-        let prometheus_listen = match self.prometheus_listen {
-            Some(a) => a,
-            None => {
-                let host =
-                    env("OTEL_EXPORTER_PROMETHEUS_HOST").unwrap_or_else(|| "127.0.0.1".into());
-                let host = if host == "localhost" {
-                    "127.0.0.1".to_string()
-                } else {
-                    host
-                };
-                let port = env("OTEL_EXPORTER_PROMETHEUS_PORT").unwrap_or_else(|| "9464".into());
-                format!("{host}:{port}")
-                    .parse()
-                    .map_err(|_| ConfigError::Env {
-                        var: "OTEL_EXPORTER_PROMETHEUS_HOST",
-                        value: format!("{host}:{port}"),
-                        reason: "expected an IP address and a port (OTEL_EXPORTER_PROMETHEUS_PORT)",
-                    })?
-            }
+        // The flag, else the file's `listen`, else OTEL_EXPORTER_PROMETHEUS_*
+        // (from the file's prometheus.host/port or the environment).
+        let listen = match self.listen {
+            Some(l) => l.0,
+            None => match file.file.listen {
+                Some(l) => l,
+                None => {
+                    let host = env("OTEL_EXPORTER_PROMETHEUS_HOST")
+                        .filter(|h| !h.trim().is_empty())
+                        .unwrap_or_else(|| "127.0.0.1".into());
+                    let host = if host.trim() == "localhost" {
+                        "127.0.0.1".to_string()
+                    } else {
+                        host.trim().to_string()
+                    };
+                    let port = env("OTEL_EXPORTER_PROMETHEUS_PORT")
+                        .filter(|p| !p.trim().is_empty())
+                        .unwrap_or_else(|| "9464".into());
+                    let port: u16 = port.trim().parse().map_err(|_| ConfigError::Env {
+                        var: "OTEL_EXPORTER_PROMETHEUS_PORT",
+                        value: port.clone(),
+                        reason: "expected a port number (0-65535)",
+                    })?;
+                    let ip: std::net::IpAddr = host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse()
+                        .map_err(|_| ConfigError::Env {
+                            var: "OTEL_EXPORTER_PROMETHEUS_HOST",
+                            value: host.clone(),
+                            reason: "expected an IP address (or localhost)",
+                        })?;
+                    Some(std::net::SocketAddr::new(ip, port))
+                }
+            },
         };
         let mut cfg = self.into_config_with(metrics_exporters, traces_exporters, &file.file);
         cfg.interval = interval;
-        cfg.prometheus_listen = prometheus_listen;
+        cfg.listen = listen;
         cfg.resolve_otlp(env)?;
         cfg.resolve_resource(env)?;
         Ok(cfg)
@@ -245,6 +270,7 @@ impl RunArgs {
         let dt = d.tcp.clone();
         Config {
             duration: a.duration,
+            keep_capabilities: a.keep_capabilities || f.keep_capabilities.unwrap_or(false),
             metrics_exporters,
             traces_exporters,
             export_queue_bytes: a
@@ -380,6 +406,10 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
+fn parse_listen_flag(s: &str) -> Result<Listen, String> {
+    crate::config::parse_listen(s).map(Listen)
+}
+
 fn parse_threshold(s: &str) -> Result<Threshold, String> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(Threshold(None));
@@ -434,6 +464,8 @@ mod tests {
             &["run", "--exporter", "carrier-pigeon"],
             &["run", "--slow-threshold", "0ms"],
             &["run", "--no-such-flag"],
+            &["run", "--listen", "9464"],
+            &["run", "--prometheus-listen", "nowhere"],
         ] {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
@@ -505,6 +537,72 @@ mod tests {
         let c = run_args(&["--interval", "1"]).into_config(&env2).unwrap();
         assert_eq!(c.interval, Duration::from_secs(1), "flag over file");
         assert_eq!(c.export_queue_bytes, 100_000);
+    }
+
+    #[test]
+    fn listen_from_flag_alias_file_and_environment() {
+        let none = |_: &str| None;
+        let c = run_args(&[]).into_config(&none).unwrap();
+        assert_eq!(c.listen, Some(([127, 0, 0, 1], 9464).into()), "default");
+        assert!(!c.keep_capabilities, "default: drop");
+        let c = run_args(&["--listen", "0.0.0.0:1000", "--keep-capabilities"])
+            .into_config(&none)
+            .unwrap();
+        assert_eq!(c.listen, Some(([0, 0, 0, 0], 1000).into()));
+        assert!(c.keep_capabilities);
+        let c = run_args(&["--prometheus-listen", "127.0.0.1:1001"])
+            .into_config(&none)
+            .unwrap();
+        assert_eq!(c.listen, Some(([127, 0, 0, 1], 1001).into()), "alias");
+        let c = run_args(&["--listen", "none"]).into_config(&none).unwrap();
+        assert_eq!(c.listen, None);
+        let env = |n: &str| match n {
+            "OTEL_EXPORTER_PROMETHEUS_HOST" => Some("0.0.0.0".to_string()),
+            "OTEL_EXPORTER_PROMETHEUS_PORT" => Some("1002".to_string()),
+            _ => None,
+        };
+        let c = run_args(&[]).into_config(&env).unwrap();
+        assert_eq!(c.listen, Some(([0, 0, 0, 0], 1002).into()), "environment");
+        let bad = |n: &str| (n == "OTEL_EXPORTER_PROMETHEUS_PORT").then(|| "http".to_string());
+        let err = run_args(&[]).into_config(&bad).unwrap_err().to_string();
+        assert!(err.contains("OTEL_EXPORTER_PROMETHEUS_PORT"), "{err}");
+        let f = TempFile::new(
+            "listen",
+            "listen: 127.0.0.1:1003\nkeep_capabilities: true\n",
+        );
+        let path = f.0.to_str().unwrap();
+        let c = run_args(&["--config", path]).into_config(&env).unwrap();
+        assert_eq!(
+            c.listen,
+            Some(([127, 0, 0, 1], 1003).into()),
+            "file over env"
+        );
+        assert!(c.keep_capabilities);
+        let c = run_args(&["--config", path, "--listen", "none"])
+            .into_config(&env)
+            .unwrap();
+        assert_eq!(c.listen, None, "flag over file");
+        let f = TempFile::new("prom-port", "prometheus: { port: 1004 }\n");
+        let c = run_args(&["--config", f.0.to_str().unwrap()])
+            .into_config(&env)
+            .unwrap();
+        assert_eq!(
+            c.listen,
+            Some(([0, 0, 0, 0], 1004).into()),
+            "prometheus.port"
+        );
+        let f = TempFile::new("prom-bad", "prometheus: { host: nowhere }\n");
+        let p = f.0.to_str().unwrap();
+        let err = run_args(&["--config", p])
+            .into_config(&none)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(p) && err.contains("prometheus.host"), "{err}");
+        let err = run_args(&["--listen", "none", "--exporter", "prometheus"])
+            .into_config(&none)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--listen"), "{err}");
     }
 
     #[test]

@@ -80,6 +80,23 @@ impl Config {
     }
 }
 
+/// An address for the HTTP listener: `IP:PORT` (`[::]:9464` for IPv6,
+/// `localhost:PORT` for 127.0.0.1), or `none` (also `off`) for no listener.
+/// Port 0 picks a free port (the log says which).
+pub fn parse_listen(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("none") || t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let t = match t.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => t.to_string(),
+    };
+    t.parse().map(Some).map_err(|_| {
+        format!("{s:?} is not an address: expected IP:PORT (e.g. 0.0.0.0:9464, [::]:9464), or none")
+    })
+}
+
 /// Where measurements go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExporterKind {
@@ -89,7 +106,7 @@ pub enum ExporterKind {
     Stdout,
     /// OTLP over gRPC or HTTP, configured by the OTEL_EXPORTER_OTLP_* variables.
     Otlp,
-    /// Prometheus text exposition at http://<--prometheus-listen>/metrics (metrics only).
+    /// Prometheus text exposition at http://<--listen>/metrics (metrics only).
     Prometheus,
 }
 
@@ -117,8 +134,12 @@ pub struct Config {
     /// OTLP settings per signal, when that signal goes to OTLP.
     pub otlp_metrics: Option<SignalConfig>,
     pub otlp_traces: Option<SignalConfig>,
-    /// Where the Prometheus endpoint listens.
-    pub prometheus_listen: std::net::SocketAddr,
+    /// Where the HTTP listener (`/healthz`, `/readyz`, `/metrics`) binds;
+    /// None: no listener.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Keep the capabilities the agent started with after attaching (default:
+    /// drop them all once the programs are attached).
+    pub keep_capabilities: bool,
     /// Bound of each OTLP signal's queue between measuring and sending.
     pub export_queue_bytes: usize,
     /// Largest OTLP request sent; an interval with more is split. A request
@@ -222,7 +243,8 @@ impl Default for Config {
             otlp_traces: None,
             export_queue_bytes: 8 << 20,
             export_max_request_bytes: 1 << 20,
-            prometheus_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
+            listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
+            keep_capabilities: false,
             shutdown_timeout: Duration::from_secs(5),
             hook_type: HookPreference::Auto,
             syscalls: SyscallsConfig::default(),
@@ -269,6 +291,11 @@ pub enum ConfigError {
     },
     #[error("no exporter: metrics and traces are both set to none")]
     NoExporter,
+    #[error(
+        "the prometheus exporter is served by the HTTP listener, which is disabled \
+         (--listen none or listen: none); give it an address, e.g. --listen 127.0.0.1:9464"
+    )]
+    PrometheusWithoutListener,
     #[error("{var}={value:?}: {reason}")]
     Env {
         var: &'static str,
@@ -296,6 +323,9 @@ impl Config {
         }
         if self.metrics_exporters.is_empty() && self.traces_exporters.is_empty() {
             return Err(ConfigError::NoExporter);
+        }
+        if self.listen.is_none() && self.metrics_exporters.contains(&ExporterKind::Prometheus) {
+            return Err(ConfigError::PrometheusWithoutListener);
         }
         range(
             "--export-queue-bytes (export.queue_bytes)",
@@ -413,6 +443,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("OTEL_RESOURCE_ATTRIBUTES"), "{err}");
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen("0.0.0.0:9464"),
+            Ok(Some(([0, 0, 0, 0], 9464).into()))
+        );
+        assert_eq!(
+            parse_listen("localhost:1234"),
+            Ok(Some(([127, 0, 0, 1], 1234).into()))
+        );
+        assert_eq!(parse_listen("[::]:9464").unwrap().unwrap().port(), 9464);
+        assert_eq!(parse_listen("none"), Ok(None));
+        assert_eq!(parse_listen("off"), Ok(None));
+        for bad in ["", "9464", "0.0.0.0", "host:9464", "0.0.0.0:99999"] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(e.contains("expected IP:PORT"), "{bad:?}: {e}");
+        }
+        let c = Config {
+            listen: None,
+            metrics_exporters: vec![ExporterKind::Prometheus],
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::PrometheusWithoutListener));
     }
 
     #[test]

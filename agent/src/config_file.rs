@@ -40,6 +40,12 @@ pub struct FileConfig {
     pub exporters: Option<Exporters>,
     pub otlp: Option<Otlp>,
     pub prometheus: Option<Prometheus>,
+    /// Address of the HTTP listener (`/healthz`, `/readyz`, `/metrics`):
+    /// `IP:PORT` or `none` (the `--listen` flag).
+    #[serde(default, deserialize_with = "listen")]
+    pub listen: Option<Option<std::net::SocketAddr>>,
+    /// Keep every capability after attaching (`--keep-capabilities`).
+    pub keep_capabilities: Option<bool>,
     pub resource: Option<ResourceSection>,
     pub export: Option<Export>,
     pub hook_type: Option<HookName>,
@@ -246,6 +252,15 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
     Ok(Some(v))
 }
 
+fn listen<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<std::net::SocketAddr>>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::config::parse_listen(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 fn threshold<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Duration>>, D::Error> {
     let s = String::deserialize(d)?;
     if s.trim().eq_ignore_ascii_case("off") {
@@ -313,6 +328,20 @@ impl Loaded {
             vars: BTreeMap::new(),
             file: FileConfig::default(),
         };
+        if file.listen.is_some()
+            && file
+                .prometheus
+                .as_ref()
+                .is_some_and(|p| p.host.is_some() || p.port.is_some())
+        {
+            return Err(FileError::Invalid {
+                path: path.to_string(),
+                key: "listen".into(),
+                reason: "both listen and prometheus.host/prometheus.port give the listener's \
+                         address; keep listen"
+                    .into(),
+            });
+        }
         loaded.collect_vars(&file);
         loaded.file = file;
         Ok(loaded)
@@ -508,6 +537,7 @@ resource:
   attributes: { deployment.environment.name: prod }
   service_name: agent-a
 prometheus: { host: 0.0.0.0, port: 9999 }
+keep_capabilities: true
 export: { queue_bytes: 1000000, shutdown_timeout: 2s }
 hook_type: raw-tp
 syscalls: { enabled: true, slow_threshold: off, max_error_series: 100 }
@@ -542,6 +572,9 @@ syscalls: { enabled: true, slow_threshold: off, max_error_series: 100 }
         assert_eq!(s.slow_threshold, Some(None));
         assert_eq!(s.max_error_series, Some(100));
         assert_eq!(l.file.hook_type, Some(HookName::RawTp));
+        assert_eq!(l.file.keep_capabilities, Some(true));
+        let l2 = Loaded::parse("f.yaml", "listen: none\n").unwrap();
+        assert_eq!(l2.file.listen, Some(None));
         assert_eq!(
             l.file.export.as_ref().unwrap().shutdown_timeout,
             Some(Duration::from_secs(2))
@@ -584,6 +617,17 @@ syscalls: { enabled: true, slow_threshold: off, max_error_series: 100 }
                 "unknown variant `kafka`",
             ),
             ("hook_type: kprobe", "hook_type", "unknown variant `kprobe`"),
+            ("listen: 9464", "listen", "expected IP:PORT"),
+            (
+                "listen: 0.0.0.0:1\nprometheus: { port: 2 }",
+                "listen",
+                "keep listen",
+            ),
+            (
+                "keep_capabilities: maybe",
+                "keep_capabilities",
+                "invalid type",
+            ),
             (
                 "syscalls: { slow_threshold: 0ms }",
                 "syscalls.slow_threshold",

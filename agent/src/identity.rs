@@ -15,7 +15,9 @@ use nix::time::{ClockId, clock_gettime};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: u32,
-    /// Base name of `/proc/<pid>/exe`'s target, else the kernel's `comm`.
+    /// Base name of `/proc/<pid>/exe`'s target; where that link cannot be
+    /// read (another user's process, or one holding capabilities the agent
+    /// lacks, without `CAP_SYS_PTRACE`), see [`name_without_exe`].
     pub executable_name: String,
     /// Start time in kernel clock ticks since boot (`/proc/<pid>/stat` field
     /// 22); None when the process was gone before procfs could be read.
@@ -108,7 +110,7 @@ impl ProcessCache {
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .map(|n| n.trim_end_matches(" (deleted)").to_string())
-            .unwrap_or_else(|| stat.comm.clone());
+            .unwrap_or_else(|| name_without_exe(&stat.comm, proc.cmdline().ok()));
         let since_boot_ns =
             u128::from(stat.starttime) * 1_000_000_000 / u128::from(self.ticks_per_sec);
         Some(ProcessInfo {
@@ -119,6 +121,26 @@ impl ProcessCache {
             container: crate::container::read(pid),
         })
     }
+}
+
+/// The executable's name when `/proc/<pid>/exe` is unreadable: the kernel's
+/// `comm` (the base name of the path the process was started from, cut to 15
+/// bytes), or, where `comm` was cut, the base name of `argv[0]` if it begins
+/// with `comm` (`hostscope-workl` -> `hostscope-workload`). Both files are
+/// readable by anyone; `argv[0]` is used only where it agrees with `comm`.
+pub fn name_without_exe(comm: &str, cmdline: Option<Vec<String>>) -> String {
+    const COMM_MAX: usize = 15;
+    if comm.len() == COMM_MAX
+        && let Some(argv0) = cmdline.as_ref().and_then(|c| c.first())
+        && let Some(base) = std::path::Path::new(argv0)
+            .file_name()
+            .map(|b| b.to_string_lossy())
+        && base.len() > COMM_MAX
+        && base.starts_with(comm)
+    {
+        return base.into_owned();
+    }
+    comm.to_string()
 }
 
 fn read_start_ticks(pid: u32) -> Option<u64> {
@@ -183,6 +205,26 @@ mod tests {
             "{info:?}: test process older than an hour?"
         );
         assert!(info.creation_time_iso8601().ends_with('Z'));
+    }
+
+    #[test]
+    fn name_without_exe_completes_a_cut_comm_from_argv0() {
+        let argv = |a: &str| Some(vec![a.to_string(), "mix".to_string()]);
+        assert_eq!(
+            name_without_exe("hostscope-workl", argv("/x/hostscope-workload")),
+            "hostscope-workload"
+        );
+        assert_eq!(name_without_exe("bash", argv("-bash")), "bash", "not cut");
+        assert_eq!(
+            name_without_exe("hostscope-workl", argv("nginx: worker process")),
+            "hostscope-workl",
+            "argv[0] that disagrees is ignored"
+        );
+        assert_eq!(
+            name_without_exe("hostscope-workl", None),
+            "hostscope-workl",
+            "exited"
+        );
     }
 
     #[test]

@@ -8,8 +8,10 @@ mod config_file;
 mod container;
 mod ebpf;
 mod export;
+mod health;
 mod identity;
 mod otlp;
+mod privilege;
 mod signals;
 
 use std::{io::IsTerminal as _, process::ExitCode};
@@ -49,7 +51,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime.block_on(async { agent::Agent::start(cfg).run().await })
+            runtime.block_on(async { agent::Agent::start(cfg)?.run().await })
         }
         Command::BenchFloor { duration } => runtime.block_on(agent::bench_floor(duration)),
     };

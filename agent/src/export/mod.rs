@@ -91,17 +91,7 @@ impl Exporters {
             prometheus: cfg
                 .metrics_exporters
                 .contains(&ExporterKind::Prometheus)
-                .then(|| {
-                    prometheus::PrometheusEndpoint::start(cfg.prometheus_listen)
-                        .map_err(|e| {
-                            tracing::error!(
-                                "Prometheus endpoint not started on {}: {e}",
-                                cfg.prometheus_listen
-                            )
-                        })
-                        .ok()
-                })
-                .flatten(),
+                .then(prometheus::PrometheusEndpoint::default),
             max_request_bytes: cfg.export_max_request_bytes.min(cfg.export_queue_bytes),
             queue_bytes: cfg.export_queue_bytes,
             warned_queue: false,
@@ -110,6 +100,12 @@ impl Exporters {
                 .as_ref()
                 .is_some_and(|c| c.explicit_histograms),
         }
+    }
+
+    /// The Prometheus exposition, for the HTTP listener to serve at
+    /// `/metrics` (None: the prometheus exporter is not selected).
+    pub fn prometheus(&self) -> Option<prometheus::PrometheusEndpoint> {
+        self.prometheus.clone()
     }
 
     /// Hands one interval's requests to every destination; never waits on

@@ -1,5 +1,6 @@
 //! Prometheus text exposition (format 0.0.4) of the latest interval, served
-//! at `GET /metrics` for pull-based setups, converted as the OpenTelemetry
+//! at `GET /metrics` by the agent's HTTP listener (`crate::health`) for
+//! pull-based setups, converted as the OpenTelemetry
 //! Prometheus compatibility specification describes: dots become
 //! underscores, units become suffixes (`_seconds`, `_bytes`; `{...}` units
 //! none), counters get `_total`, histograms become `_bucket{le=...}`, `_sum`
@@ -8,72 +9,27 @@
 //! attributes (`process.*`, `service.*`) become labels of every series; the
 //! host's (`host.*`, `os.*`) go on `target_info` once.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, sync::Arc};
+use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
-use http_body_util::Full;
-use hyper::{body::Bytes, service::service_fn};
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
     common::v1::{AnyValue, KeyValue, any_value},
     metrics::v1::{metric::Data, number_data_point},
 };
 use std::sync::RwLock;
-use tracing::{info, warn};
 
 use super::explicit;
 
-/// The text served, replaced every interval.
+/// The text served, replaced every interval; shared with the listener.
 #[derive(Clone, Default)]
 pub struct PrometheusEndpoint {
     text: Arc<RwLock<String>>,
 }
 
 impl PrometheusEndpoint {
-    /// Binds `addr` and serves in the background (on the current runtime).
-    pub fn start(addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = std::net::TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        info!(%addr, "Prometheus endpoint listening on /metrics");
-        let endpoint = Self::default();
-        let text = endpoint.text.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let text = text.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let text = text.clone();
-                        async move {
-                            let resp = if req.uri().path() == "/metrics" {
-                                hyper::Response::builder()
-                                    .header(
-                                        "content-type",
-                                        "text/plain; version=0.0.4; charset=utf-8",
-                                    )
-                                    .body(Full::new(Bytes::from(
-                                        text.read().map(|t| t.clone()).unwrap_or_default(),
-                                    )))
-                            } else {
-                                hyper::Response::builder()
-                                    .status(404)
-                                    .body(Full::new(Bytes::new()))
-                            };
-                            Ok::<_, std::convert::Infallible>(resp.expect("static response"))
-                        }
-                    });
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await
-                    {
-                        warn!("Prometheus endpoint connection: {e}");
-                    }
-                });
-            }
-        });
-        Ok(endpoint)
+    /// The exposition of the latest interval (empty before the first).
+    pub fn text(&self) -> String {
+        self.text.read().map(|t| t.clone()).unwrap_or_default()
     }
 
     /// Replaces what scrapes see with this interval's metrics.
