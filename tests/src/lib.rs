@@ -134,9 +134,20 @@ impl Agent {
     /// waits until the syscalls signal is attached.
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Agent {
         require_root();
+        // The HTTP listener always runs: on a free port unless the test
+        // picks one, so agents never collide on the default 9464.
+        let listen: &[&str] = if args
+            .iter()
+            .any(|a| *a == "--listen" || *a == "--prometheus-listen")
+        {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(hostscope_bin())
             .arg("run")
             .args(args)
+            .args(listen)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

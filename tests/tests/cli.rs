@@ -48,6 +48,7 @@ fn bad_config_file_exits_2_naming_the_key() {
         ("otlp:\n  compression: zstd\n", "otlp.compression"),
         ("export:\n  queue_bytes: 10\n", "export.queue_bytes"),
         ("interval: often\n", "interval"),
+        ("listen: 9464\n", "listen"),
     ]
     .into_iter()
     .enumerate()
@@ -84,6 +85,8 @@ fn bad_flags_exit_2_before_attaching() {
             "--max-syscall-series",
         ),
         (&["run", "--slow-threshold", "fast"], "--slow-threshold"),
+        (&["run", "--listen", "9464"], "--listen"),
+        (&["run", "--prometheus-listen", "localhost"], "--listen"),
         (&["run", "--bogus"], "--bogus"),
     ] {
         let out = run(args);
@@ -178,6 +181,9 @@ fn missing_capability_is_named_and_the_agent_keeps_running() {
             "0.3",
             "--duration",
             "1",
+            // A port of its own: a busy 9464 would add an ERROR line.
+            "--listen",
+            "127.0.0.1:0",
         ])
         .env("NO_COLOR", "1")
         .output()
