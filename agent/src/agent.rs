@@ -45,6 +45,10 @@ pub struct Agent {
     attached: Vec<Attached>,
     /// What `/healthz` and `/readyz` report.
     health: Arc<Health>,
+    /// SIGINT and SIGTERM, caught from the start: one that arrives while
+    /// attaching is handled (flush and clean exit) once the loop runs.
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
 }
 
 impl Agent {
@@ -53,6 +57,8 @@ impl Agent {
     /// drops every capability unless told to keep them. Fails only when the
     /// capabilities cannot be dropped.
     pub fn start(cfg: Config) -> Result<Self> {
+        let sigint = signal(SignalKind::interrupt())?;
+        let sigterm = signal(SignalKind::terminate())?;
         let started_unix_nano = identity::now_unix_nano();
         let exporters = Exporters::start(&cfg);
         let health = Health::new(cfg.interval);
@@ -77,6 +83,8 @@ impl Agent {
             started_unix_nano,
             attached: Vec::new(),
             health,
+            sigint,
+            sigterm,
             cfg,
         };
         agent.load();
@@ -396,8 +404,6 @@ impl Agent {
     /// Runs until the configured duration ends or SIGINT/SIGTERM arrives, then
     /// exports the last interval and detaches.
     pub async fn run(mut self) -> Result<()> {
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
         let deadline = self.cfg.duration.map(|d| tokio::time::Instant::now() + d);
         let mut ticker = tokio::time::interval(self.cfg.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -432,12 +438,12 @@ impl Agent {
                 () = events => {}
                 () = tcp_events => {}
                 () = oom_events => {}
-                _ = sigint.recv() => {
+                _ = self.sigint.recv() => {
                     info!("SIGINT: flushing and detaching");
                     self.health.stopping("SIGINT");
                     break;
                 }
-                _ = sigterm.recv() => {
+                _ = self.sigterm.recv() => {
                     info!("SIGTERM: flushing and detaching");
                     self.health.stopping("SIGTERM");
                     break;
