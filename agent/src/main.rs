@@ -27,6 +27,8 @@ fn main() -> ExitCode {
         // Usage errors exit with 2; --help and --version with 0.
         Err(e) => e.exit(),
     };
+    // File capabilities (the container image) arrive permitted only.
+    privilege::raise_permitted();
     init_logging();
     // One TLS crypto provider for the process (OTLP over https, both
     // protocols); reqwest without its bundled provider requires this.

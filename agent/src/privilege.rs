@@ -58,6 +58,25 @@ pub struct Dropped {
     pub kept: Option<Capability>,
 }
 
+/// Raises the permitted capabilities into the effective set, at start-up,
+/// before any thread exists (threads inherit the set).
+///
+/// The container image's binary carries `cap_bpf,cap_perfmon=p`: Kubernetes
+/// gives a non-root container process its added capabilities in the bounding
+/// and permitted sets but no ambient set, so only file capabilities survive
+/// the exec, and they arrive permitted, not effective. Without the effective
+/// bit on the file, a container lacking one of them still starts (instead of
+/// exec failing with EPERM) and the agent names what is missing. A no-op when
+/// both sets are equal (root, systemd's ambient capabilities); a failure is
+/// left for loading to report.
+pub fn raise_permitted() {
+    if let Ok(permitted) = caps::read(None, CapSet::Permitted)
+        && caps::read(None, CapSet::Effective).is_ok_and(|e| e != permitted)
+    {
+        let _ = caps::set(None, CapSet::Effective, &permitted);
+    }
+}
+
 /// Names, sorted by capability number: `CAP_BPF,CAP_PERFMON`.
 pub fn names(caps: &[Capability]) -> String {
     if caps.is_empty() {

@@ -8,6 +8,7 @@ mod bench_sched;
 mod bench_series;
 mod bench_tcp;
 mod build_cmd;
+mod deploy;
 mod kernels;
 mod lint;
 mod run;
@@ -44,6 +45,13 @@ enum Command {
     /// Boot other kernels (Debian 6.1, 6.1 PREEMPT_RT) under qemu and check
     /// the agent loads, attaches and counts exactly there.
     Kernels,
+    /// Set up, build the static (musl) release binary and the container image
+    /// `localhost/hostscope:<version>` (and `:latest`) with podman.
+    Image,
+    /// Set up, build the static (musl) release binary and
+    /// `target/package/hostscope-<version>-x86_64-linux.tar.gz` (binary,
+    /// systemd unit, default config, env example, install.sh).
+    Package,
     /// Syscall-overhead benchmark: hostscope against no tracer, empty
     /// programs and `syscount -L`.
     Bench(bench::BenchArgs),
@@ -76,6 +84,8 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Test => test::run(),
         Command::Bench(args) => bench::run(&args),
+        Command::Image => deploy::image(),
+        Command::Package => deploy::package(),
         Command::Kernels => {
             setup::run()?;
             build_cmd::build(false)?;

@@ -32,7 +32,35 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // The TCP tests: network namespaces and veth (ip), random loss (nft).
     "iproute2",
     "nftables",
+    // `cargo xtask image` and the deploy tests: podman builds and runs the
+    // image with runc (crun refuses this kind of host's hybrid cgroups);
+    // setcap gives the image's binary its file capabilities; the image
+    // carries the CA bundle.
+    "podman",
+    "runc",
+    "libcap2-bin",
+    "ca-certificates",
+    // ring's C code for the static x86_64-unknown-linux-musl binary.
+    "musl-tools",
+    // The deploy tests: install.sh is shellcheck-clean, the unit passes
+    // `systemd-analyze verify`, kubernetes-validate runs in a venv.
+    "shellcheck",
+    "systemd",
+    "python3-venv",
 ];
+
+/// The Rust target of the shipped (static) binary.
+const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// PyPI's kubernetes-validate (it bundles the API schemas, so validating
+/// needs no network), installed in a venv under the target directory.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// The venv holding kubernetes-validate: `<target>/deploy-venv`; the deploy
+/// tests run `<venv>/bin/kubernetes-validate`.
+pub fn deploy_venv() -> PathBuf {
+    util::target_dir().join("deploy-venv")
+}
 
 /// Runs every setup step in order.
 pub fn run() -> Result<()> {
@@ -41,6 +69,9 @@ pub fn run() -> Result<()> {
     ensure_bpf_linker().context("setup: bpf-linker")?;
     ensure_debian_packages().context("setup: Debian packages")?;
     ensure_tracefs().context("setup: tracefs")?;
+    ensure_musl_target().context("setup: musl target")?;
+    ensure_kubectl().context("setup: kubectl")?;
+    ensure_kubernetes_validate().context("setup: kubernetes-validate")?;
     Ok(())
 }
 
@@ -307,5 +338,84 @@ fn ensure_tracefs() -> Result<()> {
     }
     util::run(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))?;
     report("tracefs", "mounted");
+    Ok(())
+}
+
+/// The musl standard library for the toolchain that builds the agent
+/// (the workspace's default one), for the static binary.
+fn ensure_musl_target() -> Result<()> {
+    let installed = output(util::rustup_for_workspace().args(["target", "list", "--installed"]))?;
+    if installed.lines().any(|l| l.trim() == MUSL_TARGET) {
+        report(MUSL_TARGET, "ok");
+        return Ok(());
+    }
+    util::run(util::rustup_for_workspace().args(["target", "add", MUSL_TARGET]))?;
+    report(MUSL_TARGET, "installed");
+    Ok(())
+}
+
+/// kubectl, for `kubectl kustomize` in the deploy tests. Debian 12's own
+/// `kubernetes-client` (1.20) embeds a kustomize too old for the
+/// kustomization, so the `kubectl` package of the machine image (or of the
+/// Kubernetes apt repository, when configured) is used.
+fn ensure_kubectl() -> Result<()> {
+    if let Ok(v) = output(Command::new("kubectl").args(["version", "--client"])) {
+        let kustomize = v
+            .lines()
+            .find_map(|l| l.strip_prefix("Kustomize Version: v"))
+            .and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+        if kustomize.is_some_and(|major| major >= 5) {
+            report("kubectl", "ok");
+            return Ok(());
+        }
+        bail!("`kubectl version --client` shows no kustomize 5 or later:\n{v}");
+    }
+    if !util::is_root() {
+        bail!("kubectl is missing; installing it needs root: sudo apt-get install kubectl");
+    }
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "kubectl"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context(
+        "kubectl is not installed and apt cannot install it; add the Kubernetes \
+         apt repository (pkgs.k8s.io) or install kubectl 1.27+ by hand",
+    )?;
+    report("kubectl", "installed");
+    Ok(())
+}
+
+/// kubernetes-validate from PyPI in [`deploy_venv`], at the pinned version.
+fn ensure_kubernetes_validate() -> Result<()> {
+    let item = format!("kubernetes-validate {KUBERNETES_VALIDATE_VERSION}");
+    let venv = deploy_venv();
+    let tool = venv.join("bin/kubernetes-validate");
+    let version = || output(Command::new(&tool).arg("--version")).map(|v| v.trim().to_owned());
+    if version().is_ok_and(|v| v.ends_with(KUBERNETES_VALIDATE_VERSION)) {
+        report(&item, "ok");
+        return Ok(());
+    }
+    // Debian's python3 (python3-venv), not whatever python3 is first on PATH.
+    util::run(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(&venv),
+    )?;
+    util::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!(
+                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+            )),
+    )?;
+    let v = version()?;
+    if !v.ends_with(KUBERNETES_VALIDATE_VERSION) {
+        bail!(
+            "after installing, `{} --version` prints {v:?}",
+            tool.display()
+        );
+    }
+    report(&item, "installed");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the command README and CI run. Setup, lint, debug
-//! build, unit tests, the privileged integration tests against the built
-//! agent, then the agent on other kernels (`cargo xtask kernels`). Steps run in order and the first failure stops the run.
+//! build, unit tests, the container image and the systemd tarball, the
+//! privileged integration tests against the built agent (and those two), then the agent on other kernels (`cargo xtask kernels`). Steps run in order and the first failure stops the run.
 
 use std::time::Instant;
 
@@ -19,6 +19,11 @@ const STEPS: &[Step] = &[
     ("lint: clippy (eBPF crate)", lint::clippy_ebpf),
     ("build (debug)", || build_cmd::build(false)),
     ("unit tests", unit_tests),
+    // The deploy tests among the integration tests check what this builds.
+    (
+        "image and package (static release binary)",
+        crate::deploy::image_and_package,
+    ),
     ("privileged integration tests", integration_tests),
     ("other kernels under qemu", crate::kernels::run),
 ];

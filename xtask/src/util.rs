@@ -52,6 +52,14 @@ pub fn nightly_cargo() -> Command {
     cmd
 }
 
+/// A `Command` for rustup acting on the toolchain that builds the workspace
+/// (the directory's override or the default), in the workspace root.
+pub fn rustup_for_workspace() -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
 /// Renders a command as a shell-like line for logs and error messages.
 pub fn display(cmd: &Command) -> String {
     let envs = cmd
