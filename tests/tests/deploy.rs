@@ -78,10 +78,11 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(what: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!(
-            "hostscope-deploy-{what}-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            "hostscope-deploy-{what}-{}-{n}",
+            std::process::id()
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
@@ -413,7 +414,14 @@ fn default_configs_are_accepted_by_the_agent() {
             .arg("run")
             .arg("--config")
             .arg(&config)
-            .args(["--exporter", "stdout", "--duration", "1"])
+            .args([
+                "--exporter",
+                "stdout",
+                "--duration",
+                "1",
+                "--listen",
+                "none",
+            ])
             .args(["--no-syscalls", "--no-sched", "--no-oom", "--no-tcp"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
