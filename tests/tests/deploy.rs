@@ -606,7 +606,12 @@ fn podman_run(name: &str, caps: &str, seccomp: &Path) -> Command {
         ])
         .args(["--pid=host", "--cap-drop=all"])
         .arg(format!("--cap-add={caps}"))
-        .args(["--user", "65534:65534", "--read-only"])
+        .args([
+            "--user",
+            "65534:65534",
+            "--read-only",
+            "--read-only-tmpfs=false",
+        ])
         .args(["--security-opt", "no-new-privileges"])
         .arg("--security-opt")
         .arg(format!("seccomp={}", seccomp.display()))
