@@ -119,6 +119,11 @@ fn has_interpreter(elf: &[u8]) -> Result<bool> {
 /// context holding only the binary (with its file capabilities) and the CA
 /// bundle.
 fn build_image(bin: &Path) -> Result<()> {
+    if !util::is_root() {
+        bail!(
+            "building the image sets file capabilities (setcap), which needs root: sudo -E cargo xtask image"
+        );
+    }
     let context = util::target_dir().join("image-context");
     fresh_dir(&context)?;
     let staged = context.join("hostscope");
