@@ -792,8 +792,10 @@ fn image_runs_with_the_daemonsets_capabilities_and_exports_real_data() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last_seen = None;
     while Instant::now() < deadline {
-        let Ok(line) = c.stdout.recv_timeout(Duration::from_secs(5)) else {
-            continue;
+        let line = match c.stdout.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break, // the container ended
         };
         let v: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("container printed a line that is not JSON ({e}): {line}"));
