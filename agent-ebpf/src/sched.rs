@@ -107,6 +107,23 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     )
 }
 
+/// The floor for benchmarks: empty programs on the same hooks
+/// (`hostscope bench-floor --hooks sched`).
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
 fn on_wakeup(task: u64) -> i32 {
     if offsets().valid == 0 || task == 0 {
         return 0;

@@ -669,8 +669,8 @@ fn program_attrs(a: &Attached) -> Vec<KeyValue> {
     ]
 }
 
-/// `hostscope bench-floor`: empty programs on sys_enter/sys_exit.
-pub async fn bench_floor(duration: Duration) -> Result<()> {
+/// `hostscope bench-floor`: empty programs on a signal's hooks.
+pub async fn bench_floor(duration: Duration, hooks: crate::cli::FloorHooks) -> Result<()> {
     use anyhow::Context as _;
     ebpf::raise_memlock_rlimit();
     let settings = LoadSettings {
@@ -690,10 +690,24 @@ pub async fn bench_floor(duration: Duration) -> Result<()> {
     };
     let mut obj = ebpf::load(&settings)?;
     let btf = ebpf::kernel_btf().context("bench-floor needs kernel BTF")?;
-    for (tp, prog) in [
-        ("sys_enter", "sys_enter_empty"),
-        ("sys_exit", "sys_exit_empty"),
-    ] {
+    let (programs, what): (&[(&str, &str)], &str) = match hooks {
+        crate::cli::FloorHooks::Syscalls => (
+            &[
+                ("sys_enter", "sys_enter_empty"),
+                ("sys_exit", "sys_exit_empty"),
+            ],
+            "sys_enter/sys_exit",
+        ),
+        crate::cli::FloorHooks::Sched => (
+            &[
+                ("sched_wakeup", "sched_wakeup_empty"),
+                ("sched_wakeup_new", "sched_wakeup_new_empty"),
+                ("sched_switch", "sched_switch_empty"),
+            ],
+            "sched",
+        ),
+    };
+    for &(tp, prog) in programs {
         let p: &mut aya::programs::BtfTracePoint = obj
             .program_mut(prog)
             .context("missing program")?
@@ -701,7 +715,7 @@ pub async fn bench_floor(duration: Duration) -> Result<()> {
         p.load(tp, &btf)?;
         p.attach()?;
     }
-    info!("empty sys_enter/sys_exit programs attached");
+    info!("empty {what} programs attached");
     tokio::time::sleep(duration).await;
     Ok(())
 }

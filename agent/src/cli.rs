@@ -31,14 +31,25 @@ pub struct Cli {
 pub enum Command {
     /// Attach the kernel programs and export what they measure every interval.
     Run(RunArgs),
-    /// Attach empty programs on sys_enter/sys_exit and wait: the cost floor
+    /// Attach empty programs on a signal's hooks and wait: the cost floor
     /// that `cargo xtask bench` compares against.
     #[command(hide = true)]
     BenchFloor {
         /// Seconds to stay attached.
         #[arg(long, value_parser = parse_seconds)]
         duration: Duration,
+        /// Whose hooks: `syscalls` (sys_enter, sys_exit) or `sched`
+        /// (sched_wakeup, sched_wakeup_new, sched_switch).
+        #[arg(long, value_enum, default_value = "syscalls")]
+        hooks: FloorHooks,
     },
+}
+
+/// The hooks `hostscope bench-floor` attaches empty programs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloorHooks {
+    Syscalls,
+    Sched,
 }
 
 #[derive(Debug, Args)]

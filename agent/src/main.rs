@@ -55,7 +55,9 @@ fn main() -> ExitCode {
             };
             runtime.block_on(async { agent::Agent::start(cfg)?.run().await })
         }
-        Command::BenchFloor { duration } => runtime.block_on(agent::bench_floor(duration)),
+        Command::BenchFloor { duration, hooks } => {
+            runtime.block_on(agent::bench_floor(duration, hooks))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,9 @@
 //! `hostscope-workload pingpong N` bounces one byte N times between two
 //! threads pinned to one CPU over two pipes (two context switches, two
 //! wake-ups and four blocking syscalls per round trip) and prints the mean ns
-//! per round trip. It runs with nothing attached, with `hostscope run` and
+//! per round trip. It runs with nothing attached, with empty programs on the
+//! same three hooks (`hostscope bench-floor --hooks sched`: the floor, what
+//! any program there costs on this kernel), with `hostscope run` and
 //! only its sched signal (`sched_wakeup`, `sched_wakeup_new`, `sched_switch`),
 //! with `runqlat` (the reference peer: the same three tracepoints, one
 //! histogram), and with `hostscope run` and every signal (for scale). Each
@@ -44,14 +46,16 @@ const ADDED_TARGET: f64 = 0.10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
     None,
+    Floor,
     HostscopeSched,
     Runqlat,
     HostscopeAll,
 }
 
 impl Case {
-    const ALL: [Case; 4] = [
+    const ALL: [Case; 5] = [
         Case::None,
+        Case::Floor,
         Case::HostscopeSched,
         Case::Runqlat,
         Case::HostscopeAll,
@@ -60,6 +64,7 @@ impl Case {
     fn name(self) -> &'static str {
         match self {
             Case::None => "none",
+            Case::Floor => "floor (empty programs)",
             Case::HostscopeSched => "hostscope (sched only)",
             Case::Runqlat => "runqlat",
             Case::HostscopeAll => "hostscope (all signals)",
@@ -74,6 +79,16 @@ impl Case {
     fn start(self, hostscope: &Path, runqlat: &Path) -> Result<Option<Tracer>> {
         let tracer = match self {
             Case::None => return Ok(None),
+            // Empty BTF-tracepoint programs on the same three hooks: what any
+            // program there costs on this kernel, before it does anything.
+            Case::Floor => Tracer::start(
+                "hostscope bench-floor --hooks sched",
+                Command::new(hostscope)
+                    .args(["bench-floor", "--hooks", "sched", "--duration", "3600"])
+                    .stdout(Stdio::null()),
+                "empty sched programs attached",
+                libc::SIGTERM,
+            )?,
             Case::HostscopeSched => Tracer::start(
                 "hostscope run (sched only)",
                 Command::new(hostscope)
@@ -119,7 +134,7 @@ impl Case {
 
 /// Samples (ns per round trip) per case, indexed by [`Case::index`], in round
 /// order.
-type Samples = [Vec<f64>; 4];
+type Samples = [Vec<f64>; 5];
 
 /// One ping-pong measurement.
 #[derive(Clone, Copy, Debug)]
@@ -202,6 +217,11 @@ fn program_cost(hostscope: &Path, runqlat: &Path, workload: &Path) -> Result<()>
     let before = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     let tools = [
         (
+            Case::Floor,
+            ["sched_switch_empty", "sched_switch_empty"],
+            ["sched_wakeup_empty", "sched_wakeup_empty"],
+        ),
+        (
             Case::HostscopeSched,
             ["sched_switch_btf", "sched_switch_raw"],
             ["sched_wakeup_btf", "sched_wakeup_raw"],
@@ -212,7 +232,7 @@ fn program_cost(hostscope: &Path, runqlat: &Path, workload: &Path) -> Result<()>
             ["sched_wakeup", "sched_wakeup"],
         ),
     ];
-    let mut per_tool: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+    let mut per_tool: [(Vec<f64>, Vec<f64>); 3] = Default::default();
     for round in 0..COST_ROUNDS {
         for k in 0..tools.len() {
             let t = (k + round) % tools.len();
@@ -268,7 +288,7 @@ fn program_cost(hostscope: &Path, runqlat: &Path, workload: &Path) -> Result<()>
         "| tool | sched_switch ns/run | sched_wakeup ns/run | ns per round trip (2 switches, 2 wake-ups) |"
     );
     println!("|------|---:|---:|---:|");
-    let mut per_trip = [0.0; 2];
+    let mut per_trip = [0.0; 3];
     for (t, (case, _, _)) in tools.iter().enumerate() {
         let (sw, wk) = (median(&per_tool[t].0), median(&per_tool[t].1));
         per_trip[t] = 2.0 * sw + 2.0 * wk;
@@ -279,11 +299,19 @@ fn program_cost(hostscope: &Path, runqlat: &Path, workload: &Path) -> Result<()>
         );
     }
     println!();
+    let [floor, hostscope, runqlat] = per_trip;
     println!(
         "- hostscope's programs / runqlat's, per round trip: {:.2} (target: hostscope adds less \
          than runqlat): {}",
-        per_trip[0] / per_trip[1],
-        verdict(per_trip[0] < per_trip[1])
+        hostscope / runqlat,
+        verdict(hostscope < runqlat)
+    );
+    println!(
+        "- empty programs on the same hooks: {floor:.0} ns per round trip, {:.0}% of hostscope's \
+         ({:.0} ns above the floor) and {:.0}% of runqlat's",
+        floor / hostscope * 100.0,
+        hostscope - floor,
+        floor / runqlat * 100.0
     );
     Ok(())
 }
@@ -454,6 +482,14 @@ fn print_verdicts(samples: &Samples) {
         runqlat / none,
         added(Case::Runqlat) / none * 100.0
     );
+    println!(
+        "- floor (empty programs on the same hooks) / none: {:.3}, adds {:+.1}%; hostscope \
+         (sched only) adds {:.2} times what the floor adds, runqlat {:.2} times",
+        med[Case::Floor.index()] / none,
+        added(Case::Floor) / none * 100.0,
+        added(Case::HostscopeSched) / added(Case::Floor),
+        added(Case::Runqlat) / added(Case::Floor)
+    );
     let (ph, pr) = (
         paired_ratio(samples, Case::HostscopeSched, Case::None),
         paired_ratio(samples, Case::Runqlat, Case::None),
@@ -491,6 +527,7 @@ mod tests {
     fn paired_ratio_is_within_round() {
         let samples: Samples = [
             vec![100.0, 200.0, 300.0],
+            vec![],
             vec![110.0, 220.0, 330.0],
             vec![],
             vec![],
