@@ -81,7 +81,8 @@ impl Lines {
         self.0.lock().unwrap().push(line);
     }
 
-    fn spawn_reader(&self, stream: impl std::io::Read + Send + 'static) {
+    /// Collects the lines of `stream` on a thread of their own.
+    pub fn spawn_reader(&self, stream: impl std::io::Read + Send + 'static) {
         let lines = self.0.clone();
         thread::spawn(move || {
             for line in BufReader::new(stream).lines() {
@@ -343,4 +344,30 @@ impl Drop for Workload {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A TCP port free on 127.0.0.1 a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// `GET path` over HTTP/1.0 at `addr` (`IP:PORT`): the status code and the
+/// body, or why the request failed.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status line in {text:?}")))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_string()))
 }

@@ -6,14 +6,12 @@
 
 use std::{
     collections::BTreeSet,
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
-use hostscope_tests::{Agent, require_root};
+use hostscope_tests::{Agent, free_port, http_get, require_root};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -78,23 +76,6 @@ fn every_alert_has_a_runbook_section() {
     }
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn rules_query_metrics_the_agent_exposes() {
     require_root();
@@ -134,7 +115,7 @@ fn rules_query_metrics_the_agent_exposes() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = String::new();
     loop {
-        if let Some(text) = http_get(port, "/metrics") {
+        if let Ok((_, text)) = http_get(&listen, "/metrics") {
             let exposed: BTreeSet<&str> = text
                 .lines()
                 .filter(|l| !l.starts_with('#'))

@@ -23,7 +23,7 @@ use std::{
 };
 
 use hostscope_tests::{
-    Lines, Mix, Workload,
+    Lines, Mix, Workload, free_port,
     otlp::{self, ExpHistogram},
     require_root, wait_timeout,
 };
@@ -660,13 +660,7 @@ impl Container {
             .spawn()
             .expect("spawn podman");
         let stderr = Lines::default();
-        let err = child.stderr.take().unwrap();
-        let lines = stderr.clone();
-        thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                lines.push(l);
-            }
-        });
+        stderr.spawn_reader(child.stderr.take().unwrap());
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         thread::spawn(move || {
@@ -710,38 +704,12 @@ impl Drop for Container {
     }
 }
 
-/// A TCP port free on 127.0.0.1 a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// `GET path` on 127.0.0.1:port: (status code, body); (0, error) when the
-/// connection fails.
+/// `GET path` on 127.0.0.1:port: (status code, trimmed body); (0, error)
+/// when the request fails.
 fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let attempt = || -> std::io::Result<(u16, String)> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or("")
-            .trim()
-            .to_owned();
-        Ok((code, body))
-    };
-    attempt().unwrap_or_else(|e| (0, e.to_string()))
+    hostscope_tests::http_get(&format!("127.0.0.1:{port}"), path)
+        .map(|(code, body)| (code, body.trim().to_owned()))
+        .unwrap_or_else(|e| (0, e.to_string()))
 }
 
 /// Count of the workload's `getppid` calls in a metrics line, if its

@@ -13,8 +13,7 @@
 //! name checked below comes from that path.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::TcpStream,
+    io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
     sync::mpsc::{self, Receiver},
     thread,
@@ -76,14 +75,7 @@ impl Running {
             .spawn()
             .expect("spawn hostscope (setpriv from util-linux)");
         let stderr = Lines::default();
-        let err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                sink.push(line);
-            }
-        });
+        stderr.spawn_reader(child.stderr.take().unwrap());
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         thread::spawn(move || {
@@ -164,22 +156,7 @@ impl Drop for Running {
 
 /// `GET path` over HTTP/1.0: (status, body).
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out)
-        .unwrap_or_else(|e| panic!("read GET {path}: {e}"));
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {out:?}"));
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+    hostscope_tests::http_get(addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
 }
 
 /// Capability masks of every thread of `pid`: (tid, field, mask).

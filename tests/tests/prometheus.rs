@@ -3,32 +3,19 @@
 //! exact getppid count, and `promtool check metrics` accepts the exposition.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
+    io::Write as _,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use hostscope_tests::{Agent, Mix, Workload, require_root, wait_timeout};
+use hostscope_tests::{Agent, Mix, Workload, free_port, require_root, wait_timeout};
 use serde_json::Value;
 
-/// A free port on 127.0.0.1 (bound, read, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` over HTTP/1.0 on loopback; returns the body.
+/// `GET path` on 127.0.0.1:port: the body, if the request got an answer.
 fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    hostscope_tests::http_get(&format!("127.0.0.1:{port}"), path)
+        .ok()
+        .map(|(_, body)| body)
 }
 
 fn url_encode(s: &str) -> String {
