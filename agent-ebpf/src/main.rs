@@ -4,6 +4,9 @@
 //! userspace collector of the same name in `agent/src/signals/` drains them.
 #![no_std]
 #![no_main]
+// atomic_xadd: the bpf target offers no atomic read-modify-write in core::sync.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod oom;
 mod sched;

@@ -20,7 +20,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use hostscope_common::{
@@ -66,6 +66,41 @@ static TCP_STATS: PerCpuHashMap<TcpKey, TcpCounts> = PerCpuHashMap::with_max_ent
 /// close was missed (agent attached late) ages out.
 #[map]
 static TCP_OWNERS: LruHashMap<u64, TcpOwner> = LruHashMap::with_max_entries(65536, 0);
+
+/// Bumped after every write to `TCP_OWNERS` (an insert can also evict):
+/// a [`SendSeen`] entry taken at an older value proves nothing.
+#[map]
+static TCP_OWNERS_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// What this CPU's `tcp_sendmsg_locked` last confirmed: `tgid` owned `sk`
+/// in `TCP_OWNERS` while the generation was `generation`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SendSeen {
+    sk: u64,
+    generation: u64,
+    tgid: u32,
+    _pad: u32,
+}
+
+/// Entries of the per-CPU cache of [`SendSeen`]. Fully associative and
+/// searched in order: the socket pointer of a BTF tracepoint may be
+/// compared but not hashed (the verifier refuses arithmetic on it).
+const SEEN_SLOTS: usize = 4;
+
+/// One CPU's recently confirmed (socket, owner) pairs, replaced round-robin.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SendSeenCache {
+    entries: [SendSeen; SEEN_SLOTS],
+    next: u32,
+    _pad: u32,
+}
+
+/// Per CPU, the sockets whose owner a send recently confirmed: lets the
+/// per-send program skip the hash lookup when nothing changed since.
+#[map]
+static TCP_SEND_SEEN: PerCpuArray<SendSeenCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// Owner of each listening socket, by (namespace, port, family), for the
 /// connections it accepts.
@@ -376,10 +411,12 @@ fn on_set_state(sk: u64, old: i32, new: i32) -> i32 {
         // connect() and listen() run in the owner's context.
         state::SYN_SENT => {
             let _ = TCP_OWNERS.insert(sk, current_owner(), 0);
+            owners_changed();
         }
         state::LISTEN => {
             let owner = current_owner();
             let _ = TCP_OWNERS.insert(sk, owner, 0);
+            owners_changed();
             if let Some(k) = listen_key(&o, sk) {
                 let _ = TCP_LISTENERS.insert(k, owner, 0);
             }
@@ -392,10 +429,12 @@ fn on_set_state(sk: u64, old: i32, new: i32) -> i32 {
             {
                 let owner = *owner;
                 let _ = TCP_OWNERS.insert(sk, owner, 0);
+                owners_changed();
             }
         }
         state::CLOSE => {
             let _ = TCP_OWNERS.remove(sk);
+            owners_changed();
             if old == state::LISTEN
                 && let Some(k) = listen_key(&o, sk)
             {
@@ -407,16 +446,66 @@ fn on_set_state(sk: u64, old: i32, new: i32) -> i32 {
     0
 }
 
+#[inline(always)]
 fn on_send(sk: u64) -> i32 {
     if offsets().valid == 0 || sk == 0 {
         return 0;
     }
-    let me = current_owner();
-    // Only write when the owner changes: sendmsg is hot, the map is shared.
-    if unsafe { TCP_OWNERS.get(sk) }.is_some_and(|w| w.tgid == me.tgid) {
+    // Only write when the owner changes: sendmsg is hot (once per new skb),
+    // the map is shared. The common case is answered by this CPU's cache
+    // of confirmed (socket, owner) pairs, valid while no owner changed
+    // anywhere; else one lookup, and the cgroup is read only when the
+    // owner changes.
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(generation) = TCP_OWNERS_GEN.get_ptr(0) else {
+        return 0;
+    };
+    let generation = unsafe { core::ptr::read_volatile(generation) };
+    let Some(cache) = TCP_SEND_SEEN.get_ptr_mut(0) else {
+        return 0;
+    };
+    let cache = unsafe { &mut *cache };
+    for e in &cache.entries {
+        if e.sk == sk && e.tgid == tgid && e.generation == generation {
+            return 0;
+        }
+    }
+    if !unsafe { TCP_OWNERS.get(sk) }.is_some_and(|w| w.tgid == tgid) {
+        let _ = TCP_OWNERS.insert(sk, current_owner(), 0);
+        owners_changed();
         return 0;
     }
-    let _ = TCP_OWNERS.insert(sk, me, 0);
+    let slot = cache.next as usize % SEEN_SLOTS;
+    cache.next = cache.next.wrapping_add(1);
+    if let Some(e) = cache.entries.get_mut(slot) {
+        *e = SendSeen {
+            sk,
+            generation,
+            tgid,
+            _pad: 0,
+        };
+    }
+    0
+}
+
+/// After a write to `TCP_OWNERS`: every CPU's [`SendSeen`] entries are stale.
+#[inline(always)]
+fn owners_changed() {
+    if let Some(g) = TCP_OWNERS_GEN.get_ptr_mut(0) {
+        // An atomic add (BPF_ATOMIC | BPF_ADD): two writers at once must
+        // both move it on, or a stale entry could match again.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                g, 1,
+            )
+        };
+    }
+}
+
+/// The floor for benchmarks: an empty program on the per-send hook
+/// (`hostscope bench-floor --hooks tcp`).
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_empty(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 

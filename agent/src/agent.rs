@@ -706,6 +706,10 @@ pub async fn bench_floor(duration: Duration, hooks: crate::cli::FloorHooks) -> R
             ],
             "sched",
         ),
+        crate::cli::FloorHooks::Tcp => (
+            &[("tcp_sendmsg_locked", "tcp_sendmsg_empty")],
+            "tcp_sendmsg_locked",
+        ),
     };
     for &(tp, prog) in programs {
         let p: &mut aya::programs::BtfTracePoint = obj

@@ -38,8 +38,9 @@ pub enum Command {
         /// Seconds to stay attached.
         #[arg(long, value_parser = parse_seconds)]
         duration: Duration,
-        /// Whose hooks: `syscalls` (sys_enter, sys_exit) or `sched`
-        /// (sched_wakeup, sched_wakeup_new, sched_switch).
+        /// Whose hooks: `syscalls` (sys_enter, sys_exit), `sched`
+        /// (sched_wakeup, sched_wakeup_new, sched_switch) or `tcp`
+        /// (tcp_sendmsg_locked, the tcp signal's per-send hook).
         #[arg(long, value_enum, default_value = "syscalls")]
         hooks: FloorHooks,
     },
@@ -50,6 +51,7 @@ pub enum Command {
 pub enum FloorHooks {
     Syscalls,
     Sched,
+    Tcp,
 }
 
 #[derive(Debug, Args)]

@@ -240,3 +240,51 @@ fn missing_capability_is_named_and_the_agent_keeps_running() {
         "nothing should be reported attached"
     );
 }
+
+/// On a kernel with BTF (this one), every hook of every signal attaches as
+/// a BTF tracepoint: a program the verifier rejects in that form falls back
+/// to a raw tracepoint silently (an INFO line), so only this test notices.
+#[test]
+fn every_hook_attaches_as_a_btf_tracepoint_on_this_kernel() {
+    require_root();
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("skipped: no /sys/kernel/btf/vmlinux, BTF tracepoints cannot attach");
+        return;
+    }
+    let out = run(&[
+        "run",
+        "--exporter",
+        "stdout",
+        "--interval",
+        "1",
+        "--duration",
+        "1",
+        "--listen",
+        "none",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status {}: {stderr}", out.status);
+    let attached: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("signal attached"))
+        .collect();
+    assert_eq!(
+        attached.len(),
+        4,
+        "expected the syscalls, tcp, sched and oom signals attached: {stderr}"
+    );
+    for line in attached {
+        assert!(
+            line.contains("tp_btf") && !line.contains("raw_tp"),
+            "every hook should be a BTF tracepoint (tp_btf) on this kernel: {line}"
+        );
+    }
+    let fallbacks: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("BTF tracepoint unavailable"))
+        .collect();
+    assert!(
+        fallbacks.is_empty(),
+        "no hook should fall back from its BTF tracepoint here: {fallbacks:#?}"
+    );
+}

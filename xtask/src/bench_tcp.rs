@@ -17,11 +17,12 @@
 //!
 //! Reported: medians per case and the ratio to no agent, taken round by round
 //! (each round's case against the same round's no-agent run) so drift of
-//! the machine's speed cancels. A last pass runs both workloads once more
-//! under the tcp signal with the kernel's BPF run-time statistics on and
-//! reads each program's run count and time from the agent's descriptors
-//! (`/proc/<pid>/fdinfo`): the programs' own share of the workload's CPU,
-//! free of the run-to-run noise.
+//! the machine's speed cancels. A last pass runs both workloads three more
+//! times under the tcp signal and under the floor (an empty program on the
+//! per-send hook, `hostscope bench-floor --hooks tcp`) with the kernel's BPF
+//! run-time statistics on, and reads each program's run count and time from
+//! the tracer's descriptors (`/proc/<pid>/fdinfo`): the programs' own share
+//! of the workload's CPU, free of the run-to-run noise.
 
 use std::{
     collections::BTreeMap,
@@ -47,7 +48,7 @@ const MESSAGE_SIZE: u64 = 64;
 const INTERVAL_S: &str = "10";
 /// Pause after the agent reports ready (and before a no-agent measurement),
 /// so start-up work does not overlap the measurement.
-const SETTLE: Duration = Duration::from_millis(300);
+const SETTLE: Duration = Duration::from_millis(2000);
 /// How long the default agent may take from its tcp signal to its syscalls
 /// signal being attached.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -247,14 +248,21 @@ pub fn run(hostscope: &Path, workload: &Path, opts: &TcpOptions) -> Result<()> {
             eprintln!("{line}");
         }
     }
-    let costs = program_costs(hostscope, workload, &workloads, &off_flags, &mut gate)
+    let (costs, floor) = program_costs(hostscope, workload, &workloads, &off_flags, &mut gate)
         .context("kernel program run-time pass")?;
     eprintln!(
         "bench tcp: {} rounds and the run-time pass in {:.0} s",
         opts.rounds,
         started.elapsed().as_secs_f64()
     );
-    print_report(opts, &workloads, &samples, &costs, &off_flags, &gate);
+    print_report(
+        opts,
+        &workloads,
+        &samples,
+        (&costs, &floor),
+        &off_flags,
+        &gate,
+    );
     Ok(())
 }
 
@@ -379,7 +387,7 @@ fn other_signals_off(hostscope: &Path) -> Result<Vec<String>> {
             w[0].starts_with("--no-")
                 && !w[0].contains(' ')
                 && w[0] != "--no-tcp"
-                && w[1].starts_with("Do not attach")
+                && w[1].starts_with("Do not ")
         })
         .map(|w| w[0].to_owned())
         .collect();
@@ -489,41 +497,61 @@ struct ProgramCost {
 }
 
 /// Per workload: tracepoint → its program's runs and time, and the
-/// workload's CPU ns over the same run.
+/// workload's CPU ns over the same runs.
 type Costs = Vec<(BTreeMap<String, ProgramCost>, u64)>;
 
-/// One more run of each workload under the tcp signal with the kernel's BPF
-/// run-time statistics on (`BPF_ENABLE_STATS`, held only for this pass).
+/// Rounds of the run-time pass; each runs both workloads under the tcp
+/// signal and under the floor, in alternating order.
+const COST_ROUNDS: usize = 3;
+
+/// More runs of each workload with the kernel's BPF run-time statistics on
+/// (`BPF_ENABLE_STATS`, held only for this pass), under the tcp signal and
+/// under the floor (an empty program on the per-send hook, `hostscope
+/// bench-floor --hooks tcp`): runs and time summed over [`COST_ROUNDS`].
+/// Returns (tcp signal, floor).
 fn program_costs(
     hostscope: &Path,
     workload: &Path,
     workloads: &[Workload],
     off_flags: &[String],
     gate: &mut Gate,
-) -> Result<Costs> {
+) -> Result<(Costs, Costs)> {
     let _stats = enable_bpf_stats()?;
-    let agent = start_agent(hostscope, Case::Tcp, off_flags)?.context("tcp case has an agent")?;
-    std::thread::sleep(SETTLE);
-    let mut costs = Vec::new();
-    for w in workloads {
-        let before = program_stats(agent.pid())?;
-        let (_, cpu_ns) = gate.measure(w, workload, Some(&agent))?;
-        let after = program_stats(agent.pid())?;
-        let delta = after
-            .into_iter()
-            .map(|(tp, a)| {
-                let b = before.get(&tp).cloned().unwrap_or_default();
-                let d = ProgramCost {
-                    runs: a.runs.saturating_sub(b.runs),
-                    run_time_ns: a.run_time_ns.saturating_sub(b.run_time_ns),
-                };
-                (tp, d)
-            })
-            .collect();
-        costs.push((delta, cpu_ns));
+    let empty = || -> Costs { workloads.iter().map(|_| Default::default()).collect() };
+    let mut totals = [empty(), empty()];
+    for round in 0..COST_ROUNDS {
+        for k in 0..2 {
+            let which = (k + round) % 2;
+            let tracer = if which == 0 {
+                start_agent(hostscope, Case::Tcp, off_flags)?.context("tcp case has an agent")?
+            } else {
+                Tracer::start(
+                    "hostscope bench-floor --hooks tcp",
+                    Command::new(hostscope)
+                        .args(["bench-floor", "--hooks", "tcp", "--duration", "3600"])
+                        .stdout(Stdio::null()),
+                    "empty tcp_sendmsg_locked programs attached",
+                    libc::SIGTERM,
+                )?
+            };
+            std::thread::sleep(SETTLE);
+            for (w, total) in workloads.iter().zip(&mut totals[which]) {
+                let before = program_stats(tracer.pid())?;
+                let (_, cpu_ns) = gate.measure(w, workload, Some(&tracer))?;
+                let after = program_stats(tracer.pid())?;
+                for (tp, a) in after {
+                    let b = before.get(&tp).cloned().unwrap_or_default();
+                    let t = total.0.entry(tp).or_default();
+                    t.runs += a.runs.saturating_sub(b.runs);
+                    t.run_time_ns += a.run_time_ns.saturating_sub(b.run_time_ns);
+                }
+                total.1 += cpu_ns;
+            }
+            tracer.stop()?;
+        }
     }
-    agent.stop()?;
-    Ok(costs)
+    let [tcp, floor] = totals;
+    Ok((tcp, floor))
 }
 
 /// Turns on the kernel's BPF run-time statistics until the returned
@@ -661,7 +689,7 @@ fn print_report(
     opts: &TcpOptions,
     workloads: &[Workload],
     samples: &[Samples; 2],
-    costs: &Costs,
+    (costs, floor): (&Costs, &Costs),
     off_flags: &[String],
     gate: &Gate,
 ) {
@@ -765,36 +793,55 @@ fn print_report(
     }
     println!();
     println!(
-        "The tcp signal's kernel programs, measured directly (one more run of each workload, \
-         BPF run-time statistics on): runs and time of each attached program, and their share of \
-         the workload's CPU time"
+        "The tcp signal's kernel programs, measured directly ({COST_ROUNDS} more runs of each \
+         workload, BPF run-time statistics on, summed): runs and time of each attached program, \
+         and their share of the workload's CPU time; the floor is an empty program on the \
+         per-send hook (`hostscope bench-floor --hooks tcp`), measured the same way in \
+         alternating runs"
     );
     println!();
     println!(
-        "| tracepoint | workload | runs | runs per unit | ns per run | share of workload CPU |"
+        "| programs | tracepoint | workload | runs | runs per unit | ns per run | share of workload CPU |"
     );
-    println!("|---|---|---:|---:|---:|---:|");
-    for (w, (per_tp, cpu_ns)) in workloads.iter().zip(costs) {
-        for (tp, c) in per_tp {
-            if c.runs == 0 {
-                continue;
+    println!("|---|---|---|---:|---:|---:|---:|");
+    let mut shares = Vec::new();
+    for (label, costs) in [("tcp signal", costs), ("floor (empty)", floor)] {
+        for (w, (per_tp, cpu_ns)) in workloads.iter().zip(costs) {
+            for (tp, c) in per_tp {
+                if c.runs == 0 {
+                    continue;
+                }
+                println!(
+                    "| {label} | {tp} | {} | {} | {:.2} per {} | {:.0} | {:.3}% |",
+                    w.title,
+                    c.runs,
+                    c.runs as f64 / (w.units * COST_ROUNDS as f64),
+                    w.unit,
+                    c.run_time_ns as f64 / c.runs as f64,
+                    c.run_time_ns as f64 / *cpu_ns as f64 * 100.0
+                );
             }
+            let total: u64 = per_tp.values().map(|c| c.run_time_ns).sum();
+            let share = total as f64 / *cpu_ns as f64;
             println!(
-                "| {tp} | {} | {} | {:.2} per {} | {:.0} | {:.3}% |",
+                "| {label} | all | {} | | | | {:.3}% |",
                 w.title,
-                c.runs,
-                c.runs as f64 / w.units,
-                w.unit,
-                c.run_time_ns as f64 / c.runs as f64,
-                c.run_time_ns as f64 / *cpu_ns as f64 * 100.0
+                share * 100.0
+            );
+            shares.push((label, w.title, share));
+        }
+    }
+    println!();
+    for (label, title, share) in &shares {
+        if *label == "tcp signal" {
+            println!(
+                "- {title}: the tcp signal's programs took {:.2}% of the workload's CPU time \
+                 (target: under {:.0}%): {}",
+                share * 100.0,
+                TARGET * 100.0,
+                if *share < TARGET { "met" } else { "MISSED" }
             );
         }
-        let total: u64 = per_tp.values().map(|c| c.run_time_ns).sum();
-        println!(
-            "| all tcp programs | {} | | | | {:.3}% |",
-            w.title,
-            total as f64 / *cpu_ns as f64 * 100.0
-        );
     }
 }
 
