@@ -62,7 +62,8 @@ pub struct SchedOffsets {
 pub mod drop_reason {
     /// `SCHED_STATS` was full: a process's waits were not counted.
     pub const STATS_MAP_FULL: u32 = 0;
-    /// `RUNQ_START` was full: a wake-up was not timed.
+    /// `RUNQ_START` was full, or (BTF tracepoints) the task's
+    /// `TASK_RUNQ_START` storage could not be created: a wait was not timed.
     pub const START_MAP_FULL: u32 = 1;
     pub const COUNT: u32 = 2;
 }

@@ -18,10 +18,12 @@
 //! exact for threads born while the programs are attached.
 
 use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type, task_struct},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::bpf_task_storage_get,
     },
-    macros::{btf_tracepoint, map, raw_tracepoint},
+    macros::{btf_map, btf_tracepoint, map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
@@ -48,6 +50,70 @@ static SCHED_OFFSETS: SchedOffsets = SchedOffsets {
 #[map]
 static RUNQ_START: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
 
+/// A BTF-defined task-local storage map (`BPF_MAP_TYPE_TASK_STORAGE`, Linux
+/// 5.11; usable from tracing programs since 5.12): one value per task, in the
+/// task itself, found without hashing. aya-ebpf 0.2.1 defines the other
+/// local storages (`btf_maps::{SkStorage, CgrpStorage, InodeStorage}`) but
+/// not this one; the layout is the same (`#[repr(C)]` pointers whose BTF
+/// types carry the definition: the array lengths are the map type, the
+/// flags and `max_entries`, which must be 0).
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: the fields are never dereferenced; the loader replaces the static
+// by a map reference.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    pub const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// `task`'s value, created zeroed if `create` and it has none yet; `None`
+    /// when it has none (and not `create`), or creation failed (no memory,
+    /// or the storage was busy on this CPU: the kernel's recursion guard).
+    ///
+    /// `task` must be a BTF `task_struct` pointer the verifier trusts (a
+    /// BTF tracepoint's argument or `bpf_get_current_task_btf()`).
+    #[inline(always)]
+    fn get(&self, task: u64, create: bool) -> Option<*mut T> {
+        let flags = if create {
+            BPF_LOCAL_STORAGE_GET_F_CREATE as u64
+        } else {
+            0
+        };
+        let p = unsafe {
+            bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                task as *mut task_struct,
+                core::ptr::null_mut(),
+                flags,
+            )
+        };
+        (!p.is_null()).then_some(p.cast::<T>())
+    }
+}
+
+/// The BTF-tracepoint programs' `RUNQ_START`: the same value (when the task
+/// became runnable, with [`PREEMPTED`]), kept in the task's own storage, 0
+/// while it is not waiting. A value is created at a task's first wake-up or
+/// preemption and freed by the kernel with the task; it is never deleted in
+/// between (a deletion would free and a next wake-up allocate again).
+#[btf_map]
+static TASK_RUNQ_START: TaskStorage<u64> = TaskStorage::new();
+
 /// Waits and switches per process (tgid).
 #[map]
 static SCHED_STATS: PerCpuHashMap<u32, RunqStats> = PerCpuHashMap::with_max_entries(8192, 0);
@@ -71,7 +137,7 @@ fn read<T>(base: u64, off: u32) -> Option<T> {
 
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> i32 {
-    on_wakeup(ctx.arg::<u64>(0))
+    on_wakeup_btf(ctx.arg::<u64>(0))
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup")]
@@ -81,7 +147,7 @@ pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> i32 {
-    on_wakeup(ctx.arg::<u64>(0))
+    on_wakeup_btf(ctx.arg::<u64>(0))
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup_new")]
@@ -91,8 +157,9 @@ pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
-    on_switch(
+    on_switch_btf(
         ctx.arg::<u64>(0) as u8 != 0,
+        ctx.arg::<u64>(1),
         ctx.arg::<u64>(2),
         ctx.arg::<u64>(3) as u32,
     )
@@ -132,10 +199,28 @@ fn on_wakeup(task: u64) -> i32 {
     0
 }
 
+fn on_wakeup_btf(task: u64) -> i32 {
+    if offsets().valid == 0 || task == 0 {
+        return 0;
+    }
+    start_btf(task, unsafe { bpf_ktime_get_ns() });
+    0
+}
+
 #[inline(always)]
 fn start(task: u64, now: u64) {
     if RUNQ_START.insert(task, now, 0).is_err() {
         count_drop(drop_reason::START_MAP_FULL);
+    }
+}
+
+/// [`start`] for the BTF-tracepoint programs: `task` is a BTF pointer. A
+/// storage that cannot be created counts as a full `RUNQ_START`.
+#[inline(always)]
+fn start_btf(task: u64, now: u64) {
+    match TASK_RUNQ_START.get(task, true) {
+        Some(v) => unsafe { *v = now },
+        None => count_drop(drop_reason::START_MAP_FULL),
     }
 }
 
@@ -170,9 +255,44 @@ fn on_switch(preempt: bool, next: u64, prev_state: u32) -> i32 {
         return 0;
     };
     let _ = RUNQ_START.remove(next);
+    switched_in(o, next, now, started);
+    0
+}
+
+/// [`on_switch`] for the BTF-tracepoint programs, with `TASK_RUNQ_START`:
+/// `prev` and `next` are BTF pointers (`prev` is the current task).
+fn on_switch_btf(preempt: bool, prev: u64, next: u64, prev_state: u32) -> i32 {
+    let o = offsets();
+    if o.valid == 0 {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if (preempt || prev_state == 0) && prev != 0 && bpf_get_current_pid_tgid() as u32 != 0 {
+        start_btf(prev, now | PREEMPTED);
+    }
+    if next == 0 {
+        return 0;
+    }
+    // No storage: `next` never waited while the programs were attached.
+    let Some(v) = TASK_RUNQ_START.get(next, false) else {
+        return 0;
+    };
+    let started = unsafe { *v };
+    if started == 0 {
+        return 0;
+    }
+    unsafe { *v = 0 };
+    switched_in(o, next, now, started);
+    0
+}
+
+/// `next` got a CPU at `now` after waiting since `started` (with
+/// [`PREEMPTED`]): one wait and the switch-out that began it, on its process.
+#[inline(always)]
+fn switched_in(o: SchedOffsets, next: u64, now: u64, started: u64) {
     let tgid: u32 = read(next, o.task_tgid).unwrap_or(0);
     if tgid == 0 || tgid == agent_tgid() {
-        return 0;
+        return;
     }
     let wait = now.saturating_sub(started & !PREEMPTED);
     let slot = slot_of_ns(wait);
@@ -190,7 +310,6 @@ fn on_switch(preempt: bool, next: u64, prev_state: u32) -> i32 {
             }
         }
     }
-    0
 }
 
 /// This CPU's stats of process `tgid`, created on first use.

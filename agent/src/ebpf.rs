@@ -125,6 +125,9 @@ pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
     let per_connection = u32::from(s.tcp_per_connection);
     let mut loader = EbpfLoader::new();
     loader
+        // TASK_RUNQ_START (task storage), which aya 0.14 creates but has no
+        // type for.
+        .allow_unsupported_maps()
         .override_global("AGENT_TGID", &s.agent_tgid, true)
         .override_global("SLOW_THRESHOLD_NS", &s.slow_threshold_ns, true)
         .override_global(

@@ -25,7 +25,7 @@ use aya::{
 use hostscope_common::sched::{RunqStats, SchedOffsets, drop_reason};
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 use thiserror::Error;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::{
     btf::{BtfError, KernelBtf},
@@ -83,6 +83,47 @@ struct Seen {
     last: RunqStats,
 }
 
+/// Attaches the three hooks with `pref`; on failure detaches what it had
+/// attached.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    btf: Option<&Btf>,
+    pref: HookPreference,
+) -> Result<Vec<Attached>, SchedError> {
+    let mut programs: Vec<Attached> = Vec::new();
+    for (label, tp, b, r) in [
+        (
+            "sched/sched_wakeup",
+            "sched_wakeup",
+            "sched_wakeup_btf",
+            "sched_wakeup_raw",
+        ),
+        (
+            "sched/sched_wakeup_new",
+            "sched_wakeup_new",
+            "sched_wakeup_new_btf",
+            "sched_wakeup_new_raw",
+        ),
+        (
+            "sched/sched_switch",
+            "sched_switch",
+            "sched_switch_btf",
+            "sched_switch_raw",
+        ),
+    ] {
+        match attach_tracepoint(ebpf, btf, pref, label, tp, b, r) {
+            Ok(a) => programs.push(a),
+            Err(e) => {
+                for p in &programs {
+                    unload(ebpf, &p.program);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(programs)
+}
+
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, SchedError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -93,45 +134,33 @@ where
 
 impl Sched {
     /// Attaches the wake-up programs first, then `sched_switch` (a switch
-    /// with no recorded wake-up is simply not timed). On failure nothing
-    /// stays attached.
+    /// with no recorded wake-up is simply not timed). The three are all BTF
+    /// tracepoints or all raw tracepoints: the BTF ones keep wake-up times
+    /// in task storage (`TASK_RUNQ_START`), the raw ones in `RUNQ_START`,
+    /// so a mix would time nothing. On failure nothing stays attached.
     pub fn start(
         ebpf: &mut Ebpf,
         btf: Option<&Btf>,
         pref: HookPreference,
         now_unix_nano: u64,
     ) -> Result<Self, SchedError> {
-        let mut programs: Vec<Attached> = Vec::new();
-        for (label, tp, b, r) in [
-            (
-                "sched/sched_wakeup",
-                "sched_wakeup",
-                "sched_wakeup_btf",
-                "sched_wakeup_raw",
-            ),
-            (
-                "sched/sched_wakeup_new",
-                "sched_wakeup_new",
-                "sched_wakeup_new_btf",
-                "sched_wakeup_new_raw",
-            ),
-            (
-                "sched/sched_switch",
-                "sched_switch",
-                "sched_switch_btf",
-                "sched_switch_raw",
-            ),
-        ] {
-            match attach_tracepoint(ebpf, btf, pref, label, tp, b, r) {
-                Ok(a) => programs.push(a),
-                Err(e) => {
-                    for p in &programs {
-                        unload(ebpf, &p.program);
+        let programs = match (pref, btf) {
+            (HookPreference::Auto, Some(_)) => {
+                match attach_all(ebpf, btf, HookPreference::TpBtf) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Kernels 5.5-5.11 have BTF tracepoints but no task
+                        // storage for them: the verifier refuses the helper.
+                        info!(
+                            "sched: BTF tracepoints unavailable ({e}); using raw tracepoints \
+                             for all three hooks"
+                        );
+                        attach_all(ebpf, btf, HookPreference::RawTp)?
                     }
-                    return Err(e.into());
                 }
             }
-        }
+            _ => attach_all(ebpf, btf, pref)?,
+        };
         Ok(Self {
             stats: take(ebpf, "SCHED_STATS")?,
             drops: take(ebpf, "SCHED_DROPS")?,
