@@ -149,7 +149,25 @@ pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
         .map_max_entries("TCP_OWNERS", s.tcp_sockets)
         .override_global("SCHED_OFFSETS", &s.sched_offsets, true)
         .override_global("OOM_OFFSETS", &s.oom_offsets, true);
-    loader.load(OBJECT).map_err(|source| {
+    // Kernels before 5.11 have no task storage: the object would not load
+    // at all. There the sched programs use raw tracepoints (see
+    // `signals::sched`), which do not touch TASK_RUNQ_START, so it is
+    // created as a one-entry hash instead.
+    let patched;
+    let object = match aya::sys::is_map_supported(aya::maps::MapType::TaskStorage) {
+        Ok(false) => match task_storage_as_hash(OBJECT, "TASK_RUNQ_START") {
+            Some(o) => {
+                info!(
+                    "the kernel has no task storage (Linux 5.11+); the sched signal will use raw tracepoints"
+                );
+                patched = o;
+                &patched[..]
+            }
+            None => OBJECT,
+        },
+        _ => OBJECT,
+    };
+    loader.load(object).map_err(|source| {
         let hint = match &source {
             EbpfError::MapError(_) => {
                 "creating maps needs CAP_BPF (or CAP_SYS_ADMIN) and, before Linux 5.11, a large enough RLIMIT_MEMLOCK"
@@ -158,6 +176,143 @@ pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
         };
         LoadError::Object { source, hint }
     })
+}
+
+/// A copy of the ELF object `obj` in which the BTF-defined map `map`, a task
+/// storage, is a non-preallocated one-entry hash (same key and value): its
+/// `type` and `max_entries` are lengths of BTF array types, patched in the
+/// `.BTF` section. `None` if anything is not where it should be.
+fn task_storage_as_hash(obj: &[u8], map: &str) -> Option<Vec<u8>> {
+    const TASK_STORAGE: u32 = 29;
+    const HASH: u32 = 1;
+    let btf = elf_section(obj, ".BTF")?;
+    let mut out = obj.to_vec();
+    for (member, from, to) in [("type", TASK_STORAGE, HASH), ("max_entries", 0, 1)] {
+        let at = btf.start + btf_map_array_len(&obj[btf.clone()], map, member)?;
+        if u32_at(&out, at)? != from {
+            return None;
+        }
+        out[at..at + 4].copy_from_slice(&to.to_le_bytes());
+    }
+    Some(out)
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// The byte range of section `name` in a little-endian ELF64 object.
+fn elf_section(obj: &[u8], name: &str) -> Option<std::ops::Range<usize>> {
+    if obj.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let shoff = u64_at(obj, 0x28)? as usize;
+    let shentsize = u16_at(obj, 0x3a)? as usize;
+    let shnum = u16_at(obj, 0x3c)? as usize;
+    let shstrndx = u16_at(obj, 0x3e)? as usize;
+    let header = |i: usize| shoff + i * shentsize;
+    let strtab = u64_at(obj, header(shstrndx) + 0x18)? as usize;
+    (0..shnum).find_map(|i| {
+        let h = header(i);
+        let name_off = u32_at(obj, h)? as usize;
+        let n = obj.get(strtab + name_off..)?;
+        let n = &n[..n.iter().position(|&c| c == 0)?];
+        if n != name.as_bytes() {
+            return None;
+        }
+        let off = u64_at(obj, h + 0x18)? as usize;
+        let size = u64_at(obj, h + 0x20)? as usize;
+        (off + size <= obj.len()).then_some(off..off + size)
+    })
+}
+
+/// In a `.BTF` section: the offset of the `nelems` of the array type behind
+/// member `member` (a pointer to an array) of the struct of variable `map`
+/// in the `.maps` data section.
+fn btf_map_array_len(btf: &[u8], map: &str, member: &str) -> Option<usize> {
+    const INT: u32 = 1;
+    const PTR: u32 = 2;
+    const ARRAY: u32 = 3;
+    const STRUCT: u32 = 4;
+    const UNION: u32 = 5;
+    const ENUM: u32 = 6;
+    const FUNC_PROTO: u32 = 13;
+    const VAR: u32 = 14;
+    const DATASEC: u32 = 15;
+    const DECL_TAG: u32 = 17;
+    const ENUM64: u32 = 19;
+    if u16_at(btf, 0)? != 0xeb9f {
+        return None;
+    }
+    let hdr_len = u32_at(btf, 4)? as usize;
+    let type_off = hdr_len + u32_at(btf, 8)? as usize;
+    let type_len = u32_at(btf, 12)? as usize;
+    let str_off = hdr_len + u32_at(btf, 16)? as usize;
+    let name = |off: u32| -> Option<&[u8]> {
+        let s = btf.get(str_off + off as usize..)?;
+        Some(&s[..s.iter().position(|&c| c == 0)?])
+    };
+    // Type ids start at 1; offsets[id] is where that type's record starts.
+    let mut offsets = vec![0usize];
+    let mut at = type_off;
+    while at < type_off + type_len {
+        offsets.push(at);
+        let info = u32_at(btf, at + 4)?;
+        let kind = (info >> 24) & 0x1f;
+        let vlen = (info & 0xffff) as usize;
+        at += 12
+            + match kind {
+                INT | VAR | DECL_TAG => 4,
+                ARRAY => 12,
+                STRUCT | UNION | DATASEC => 12 * vlen,
+                ENUM | FUNC_PROTO => 8 * vlen,
+                ENUM64 => 12 * vlen,
+                _ => 0,
+            };
+    }
+    let kind_of = |id: u32| -> Option<(usize, u32)> {
+        let at = *offsets.get(id as usize)?;
+        Some((at, (u32_at(btf, at + 4)? >> 24) & 0x1f))
+    };
+    for &t in &offsets[1..] {
+        let info = u32_at(btf, t + 4)?;
+        if (info >> 24) & 0x1f != DATASEC || name(u32_at(btf, t)?)? != b".maps" {
+            continue;
+        }
+        for v in 0..(info & 0xffff) as usize {
+            let (var_at, kind) = kind_of(u32_at(btf, t + 12 + 12 * v)?)?;
+            if kind != VAR || name(u32_at(btf, var_at)?)? != map.as_bytes() {
+                continue;
+            }
+            let (s, kind) = kind_of(u32_at(btf, var_at + 8)?)?;
+            if kind != STRUCT {
+                return None;
+            }
+            let members = (u32_at(btf, s + 4)? & 0xffff) as usize;
+            for m in 0..members {
+                let m_at = s + 12 + 12 * m;
+                if name(u32_at(btf, m_at)?)? != member.as_bytes() {
+                    continue;
+                }
+                let (p, kind) = kind_of(u32_at(btf, m_at + 4)?)?;
+                if kind != PTR {
+                    return None;
+                }
+                let (a, kind) = kind_of(u32_at(btf, p + 8)?)?;
+                return (kind == ARRAY).then_some(a + 12 + 8);
+            }
+            return None;
+        }
+    }
+    None
 }
 
 /// Loads and attaches one tracepoint hook: the BTF tracepoint program, and
@@ -285,3 +440,40 @@ pub fn kernel_btf() -> Option<Btf> {
 
 /// The kernel's internal "not supported" errno, which BPF syscalls leak.
 const ENOTSUPP: i32 = 524;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lens(obj: &[u8]) -> Option<(u32, u32)> {
+        let btf = elf_section(obj, ".BTF")?;
+        let b = &obj[btf.clone()];
+        let t = btf.start + btf_map_array_len(b, "TASK_RUNQ_START", "type")?;
+        let m = btf.start + btf_map_array_len(b, "TASK_RUNQ_START", "max_entries")?;
+        Some((u32_at(obj, t)?, u32_at(obj, m)?))
+    }
+
+    #[test]
+    fn task_storage_map_is_patched_into_a_hash() {
+        assert_eq!(lens(OBJECT), Some((29, 0)), "task storage, max_entries 0");
+        let patched = task_storage_as_hash(OBJECT, "TASK_RUNQ_START").expect("patched");
+        assert_eq!(lens(&patched), Some((1, 1)), "hash, max_entries 1");
+        assert_eq!(patched.len(), OBJECT.len());
+        let changed = OBJECT.iter().zip(&patched).filter(|(a, b)| a != b).count();
+        assert!(changed <= 2, "{changed} bytes changed");
+        assert!(task_storage_as_hash(&patched, "TASK_RUNQ_START").is_none());
+        assert!(task_storage_as_hash(OBJECT, "RUNQ_START").is_none());
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not loading the patched object: not root");
+            return;
+        }
+        let ebpf = EbpfLoader::new()
+            .allow_unsupported_maps()
+            .load(&patched)
+            .expect("the patched object loads");
+        assert!(matches!(
+            ebpf.map("TASK_RUNQ_START"),
+            Some(aya::maps::Map::HashMap(_))
+        ));
+    }
+}
