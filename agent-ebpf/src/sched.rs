@@ -8,10 +8,14 @@
 //! leaves the CPU (runnable again now if it was preempted or still
 //! `TASK_RUNNING`), `next` gets it after waiting since it became runnable.
 //!
-//! Per wake-up: one map update keyed by the task's address. Per switch: for
-//! `prev`, two helper calls and one map update if it stays runnable; for
-//! `next`, a lookup and delete of its wake-up time, one kernel read (tgid at
-//! a BTF-resolved offset) and one per-CPU stats update, which also counts the switch-out that began the wait (voluntary
+//! Where each task's wake-up time is kept: with BTF tracepoints, in the
+//! task's own storage (`TASK_RUNQ_START`, no hashing; the value also caches
+//! the task's tgid, read once per task); with raw tracepoints, in a hash
+//! keyed by the task's address (`RUNQ_START`). Per wake-up: one store. Per
+//! switch: for `prev`, one store if it stays runnable; for `next`, a load
+//! and clear of its wake-up time (and, raw tracepoints only, one kernel read
+//! of its tgid at a BTF-resolved offset) and one per-CPU stats update,
+//! which also counts the switch-out that began the wait (voluntary
 //! after a wake-up, involuntary after a preemption). A thread's last
 //! switch-out, at exit, is never followed by a switch-in and is not counted;
 //! its first run after `sched_wakeup_new` is counted instead, so totals are
@@ -112,7 +116,18 @@ impl<T> TaskStorage<T> {
 /// preemption and freed by the kernel with the task; it is never deleted in
 /// between (a deletion would free and a next wake-up allocate again).
 #[btf_map]
-static TASK_RUNQ_START: TaskStorage<u64> = TaskStorage::new();
+static TASK_RUNQ_START: TaskStorage<TaskWait> = TaskStorage::new();
+
+/// A task's value in `TASK_RUNQ_START`.
+#[repr(C)]
+pub struct TaskWait {
+    /// When it became runnable (with [`PREEMPTED`]); 0 while not waiting.
+    started: u64,
+    /// Its process, read once when the value is created (a task's tgid
+    /// never changes), so a switch-in needs no kernel read.
+    tgid: u32,
+    _pad: u32,
+}
 
 /// Waits and switches per process (tgid).
 #[map]
@@ -195,7 +210,13 @@ fn on_wakeup(task: u64) -> i32 {
     if offsets().valid == 0 || task == 0 {
         return 0;
     }
-    start(task, unsafe { bpf_ktime_get_ns() });
+    let now = unsafe { bpf_ktime_get_ns() };
+    match RUNQ_START.get_ptr_mut(task) {
+        // Preempted and still on the run queue: see [`PREEMPTED`].
+        Some(v) if unsafe { *v } & PREEMPTED != 0 => {}
+        Some(v) => unsafe { *v = now },
+        None => start(task, now),
+    }
     0
 }
 
@@ -203,7 +224,7 @@ fn on_wakeup_btf(task: u64) -> i32 {
     if offsets().valid == 0 || task == 0 {
         return 0;
     }
-    start_btf(task, unsafe { bpf_ktime_get_ns() });
+    start_btf(task, unsafe { bpf_ktime_get_ns() }, true);
     0
 }
 
@@ -217,9 +238,18 @@ fn start(task: u64, now: u64) {
 /// [`start`] for the BTF-tracepoint programs: `task` is a BTF pointer. A
 /// storage that cannot be created counts as a full `RUNQ_START`.
 #[inline(always)]
-fn start_btf(task: u64, now: u64) {
+fn start_btf(task: u64, now: u64, wakeup: bool) {
     match TASK_RUNQ_START.get(task, true) {
-        Some(v) => unsafe { *v = now },
+        Some(v) => unsafe {
+            if (*v).tgid == 0 {
+                (*v).tgid = read(task, offsets().task_tgid).unwrap_or(0);
+            }
+            // A wake-up of a task preempted and still on the run queue
+            // changes nothing: see [`PREEMPTED`].
+            if !(wakeup && (*v).started & PREEMPTED != 0) {
+                (*v).started = now;
+            }
+        },
         None => count_drop(drop_reason::START_MAP_FULL),
     }
 }
@@ -232,6 +262,12 @@ fn agent_tgid() -> u32 {
 /// Set in a `RUNQ_START` value when the wait began with a preemption (the
 /// switch-in then counts an involuntary switch), clear when it began with a
 /// wake-up (a voluntary one).
+///
+/// A wake-up does not overwrite a preempted wait: a task preempted between
+/// setting its sleep state and calling `schedule()` stays on the run queue,
+/// and a wake-up meanwhile (its timer firing, say) fires `sched_wakeup` but
+/// does not enqueue it again. The kernel counts that switch as involuntary
+/// and its `run_delay` from the preemption, and so does this.
 const PREEMPTED: u64 = 1 << 63;
 
 fn on_switch(preempt: bool, next: u64, prev_state: u32) -> i32 {
@@ -255,7 +291,8 @@ fn on_switch(preempt: bool, next: u64, prev_state: u32) -> i32 {
         return 0;
     };
     let _ = RUNQ_START.remove(next);
-    switched_in(o, next, now, started);
+    let tgid: u32 = read(next, o.task_tgid).unwrap_or(0);
+    switched_in(tgid, now, started);
     0
 }
 
@@ -268,7 +305,7 @@ fn on_switch_btf(preempt: bool, prev: u64, next: u64, prev_state: u32) -> i32 {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     if (preempt || prev_state == 0) && prev != 0 && bpf_get_current_pid_tgid() as u32 != 0 {
-        start_btf(prev, now | PREEMPTED);
+        start_btf(prev, now | PREEMPTED, false);
     }
     if next == 0 {
         return 0;
@@ -277,20 +314,20 @@ fn on_switch_btf(preempt: bool, prev: u64, next: u64, prev_state: u32) -> i32 {
     let Some(v) = TASK_RUNQ_START.get(next, false) else {
         return 0;
     };
-    let started = unsafe { *v };
+    let (started, tgid) = unsafe { ((*v).started, (*v).tgid) };
     if started == 0 {
         return 0;
     }
-    unsafe { *v = 0 };
-    switched_in(o, next, now, started);
+    unsafe { (*v).started = 0 };
+    switched_in(tgid, now, started);
     0
 }
 
-/// `next` got a CPU at `now` after waiting since `started` (with
-/// [`PREEMPTED`]): one wait and the switch-out that began it, on its process.
+/// A task of process `tgid` got a CPU at `now` after waiting since
+/// `started` (with [`PREEMPTED`]): one wait and the switch-out that began
+/// it, on its process.
 #[inline(always)]
-fn switched_in(o: SchedOffsets, next: u64, now: u64, started: u64) {
-    let tgid: u32 = read(next, o.task_tgid).unwrap_or(0);
+fn switched_in(tgid: u32, now: u64, started: u64) {
     if tgid == 0 || tgid == agent_tgid() {
         return;
     }
