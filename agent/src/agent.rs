@@ -20,6 +20,7 @@ use crate::{
     export::Exporters,
     health::{self, Health},
     identity::{self, HostInfo, ProcessCache, ProcessInfo},
+    k8s::PodMetadata,
     otlp::{self, Window},
     signals::{Collected, cgroups::Cgroups, oom::Oom, sched::Sched, syscalls::Syscalls, tcp::Tcp},
 };
@@ -30,6 +31,9 @@ const STATS_VALUE_BYTES: u64 = size_of::<hostscope_common::syscalls::SyscallStat
 pub struct Agent {
     cfg: Config,
     host: HostInfo,
+    /// Pod names, namespaces, labels and container names of this node's
+    /// pods, kept current by a watcher task (empty without API access).
+    pods: PodMetadata,
     cache: ProcessCache,
     exporters: Exporters,
     /// Keeps the programs attached; dropping it detaches them.
@@ -70,8 +74,12 @@ impl Agent {
                 !cfg.keep_capabilities,
             );
         }
+        // The watcher runs on this runtime between intervals; collection
+        // only reads the index it fills.
+        let pods = crate::k8s::start(&cfg.kubernetes);
         let mut agent = Self {
             host: HostInfo::read(),
+            pods,
             cache: ProcessCache::new(),
             exporters,
             _ebpf: None,
@@ -537,10 +545,19 @@ impl Agent {
     /// Host attributes plus the user's OTEL_RESOURCE_ATTRIBUTES (except
     /// `service.*`, which describe the agent), on every resource.
     fn host_attributes(&self) -> Vec<KeyValue> {
-        let mut attrs = vec![
-            otlp::kv_str("host.name", self.host.name.clone()),
-            otlp::kv_str("os.type", "linux"),
-        ];
+        let h = &self.host;
+        let mut attrs = vec![otlp::kv_str("host.name", h.name.clone())];
+        if let Some(id) = &h.id {
+            attrs.push(otlp::kv_str("host.id", id.clone()));
+        }
+        attrs.push(otlp::kv_str("host.arch", h.arch));
+        attrs.push(otlp::kv_str("os.type", "linux"));
+        if let Some(v) = &h.os_version {
+            attrs.push(otlp::kv_str("os.version", v.clone()));
+        }
+        if let Some(node) = &self.cfg.kubernetes.node_name {
+            attrs.push(otlp::kv_str("k8s.node.name", node.clone()));
+        }
         for (k, v) in &self.cfg.resource_attributes {
             if !k.starts_with("service.") && !attrs.iter().any(|a| &a.key == k) {
                 attrs.push(otlp::kv_str(k, v.clone()));
@@ -566,6 +583,7 @@ impl Agent {
         }
         if let Some(c) = &info.container {
             attrs.extend(c.attributes());
+            attrs.extend(self.pods.attributes(c));
         }
         attrs
     }
@@ -631,6 +649,7 @@ impl Agent {
             let mut attrs = self.host_attributes();
             if let Some(c) = crate::container::from_cgroup_path(&path) {
                 attrs.extend(c.attributes());
+                attrs.extend(self.pods.attributes(&c));
             }
             attrs.push(otlp::kv_str("hostscope.cgroup.path", path));
             resource_metrics.push(otlp::resource_metrics(attrs, metrics));

@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     config::{
-        CgroupsConfig, Config, ConfigError, Env, ExporterKind, HookPreference, SyscallsConfig,
-        TcpConfig, exporters_from_env,
+        CgroupsConfig, Config, ConfigError, Env, ExporterKind, HookPreference, KubernetesConfig,
+        SyscallsConfig, TcpConfig, exporters_from_env,
     },
     config_file::{FileConfig, FileError, Loaded},
     export::otlp_config::{OtlpConfigError, Signal, SignalConfig},
@@ -150,6 +150,21 @@ pub struct RunArgs {
     /// Do not attach the syscalls programs.
     #[arg(long)]
     pub no_syscalls: bool,
+    /// Kubernetes API server to ask for pod metadata (default: in-cluster,
+    /// from KUBERNETES_SERVICE_HOST and _PORT). https://, or http:// to a
+    /// loopback address only.
+    #[arg(long, value_name = "URL", value_parser = parse_api_url)]
+    pub k8s_api_url: Option<String>,
+    /// This node's name: only its pods are watched (default: $K8S_NODE_NAME).
+    #[arg(long, value_name = "NAME")]
+    pub k8s_node_name: Option<String>,
+    /// Pod label exported as k8s.pod.label.<KEY> (repeatable or
+    /// comma-separated; default: none).
+    #[arg(long = "k8s-label", value_name = "KEY", value_delimiter = ',')]
+    pub k8s_labels: Vec<String>,
+    /// Do not ask the Kubernetes API for pod metadata.
+    #[arg(long)]
+    pub no_k8s: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -258,7 +273,13 @@ impl RunArgs {
                 }
             },
         };
+        let node_from_env = env("K8S_NODE_NAME")
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty());
         let mut cfg = self.into_config_with(metrics_exporters, traces_exporters, &file.file);
+        if cfg.kubernetes.node_name.is_none() {
+            cfg.kubernetes.node_name = node_from_env;
+        }
         cfg.interval = interval;
         cfg.listen = listen;
         cfg.resolve_otlp(env)?;
@@ -281,7 +302,24 @@ impl RunArgs {
         let sc = f.syscalls.as_ref();
         let tc = f.tcp.as_ref();
         let dt = d.tcp.clone();
+        let kf = f.kubernetes.as_ref();
+        let kubernetes = KubernetesConfig {
+            enabled: !a.no_k8s && kf.and_then(|k| k.enabled).unwrap_or(d.kubernetes.enabled),
+            api_url: a.k8s_api_url.clone().or(kf.and_then(|k| k.api_url.clone())),
+            node_name: a
+                .k8s_node_name
+                .clone()
+                .or(kf.and_then(|k| k.node_name.clone()))
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty()),
+            labels: if a.k8s_labels.is_empty() {
+                kf.and_then(|k| k.labels.clone()).unwrap_or_default()
+            } else {
+                a.k8s_labels.clone()
+            },
+        };
         Config {
+            kubernetes,
             duration: a.duration,
             keep_capabilities: a.keep_capabilities || f.keep_capabilities.unwrap_or(false),
             metrics_exporters,
@@ -417,6 +455,10 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         return Err(format!("expected a positive number of seconds, got {s:?}"));
     }
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn parse_api_url(s: &str) -> Result<String, String> {
+    crate::k8s::check_api_url(s.trim()).map(|()| s.trim().to_string())
 }
 
 fn parse_listen_flag(s: &str) -> Result<Listen, String> {
@@ -616,6 +658,69 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--listen"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_settings_from_flags_file_and_environment() {
+        let env = |n: &str| (n == "K8S_NODE_NAME").then(|| "node-env".to_string());
+        let c = run_args(&[]).into_config(&env).unwrap();
+        assert!(c.kubernetes.enabled);
+        assert_eq!(c.kubernetes.api_url, None, "default: in-cluster if any");
+        assert_eq!(c.kubernetes.node_name.as_deref(), Some("node-env"));
+        assert!(c.kubernetes.labels.is_empty(), "default: no labels");
+        let f = TempFile::new(
+            "k8s",
+            "kubernetes:\n  api_url: https://10.0.0.1:6443\n  node_name: node-file\n  \
+             labels: [app, team]\n",
+        );
+        let path = f.0.to_str().unwrap();
+        let c = run_args(&["--config", path]).into_config(&env).unwrap();
+        assert_eq!(
+            c.kubernetes.api_url.as_deref(),
+            Some("https://10.0.0.1:6443")
+        );
+        assert_eq!(
+            c.kubernetes.node_name.as_deref(),
+            Some("node-file"),
+            "file over env"
+        );
+        assert_eq!(c.kubernetes.labels, ["app", "team"]);
+        let c = run_args(&[
+            "--config",
+            path,
+            "--k8s-api-url",
+            "http://127.0.0.1:8001",
+            "--k8s-node-name",
+            "node-flag",
+            "--k8s-label",
+            "a,b",
+            "--k8s-label",
+            "c",
+        ])
+        .into_config(&env)
+        .unwrap();
+        assert_eq!(
+            c.kubernetes.api_url.as_deref(),
+            Some("http://127.0.0.1:8001")
+        );
+        assert_eq!(c.kubernetes.node_name.as_deref(), Some("node-flag"));
+        assert_eq!(c.kubernetes.labels, ["a", "b", "c"], "flags over file");
+        let c = run_args(&["--no-k8s"]).into_config(&env).unwrap();
+        assert!(!c.kubernetes.enabled);
+        // Plain http only to loopback: exit 2 naming the flag or key.
+        let err = parse(&["run", "--k8s-api-url", "http://10.0.0.1:8080"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--k8s-api-url"), "{err}");
+        let f = TempFile::new("k8s-bad", "kubernetes: { api_url: \"http://10.0.0.1\" }\n");
+        let p = f.0.to_str().unwrap();
+        let err = run_args(&["--config", p])
+            .into_config(&env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(p) && err.contains("kubernetes.api_url") && err.contains("loopback"),
+            "{err}"
+        );
     }
 
     #[test]

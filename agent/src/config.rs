@@ -151,6 +151,7 @@ pub struct Config {
     pub syscalls: SyscallsConfig,
     pub tcp: TcpConfig,
     pub cgroups: CgroupsConfig,
+    pub kubernetes: KubernetesConfig,
     /// Run-queue delay and context switches (sched tracepoints).
     pub sched_enabled: bool,
     /// OOM kills (oom/mark_victim).
@@ -211,6 +212,20 @@ pub struct CgroupsConfig {
     pub max_cgroups: u32,
 }
 
+/// Kubernetes pod metadata from the API server (see `crate::k8s`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KubernetesConfig {
+    pub enabled: bool,
+    /// The API server; None: in-cluster (`KUBERNETES_SERVICE_HOST`/`_PORT`)
+    /// when set.
+    pub api_url: Option<String>,
+    /// This node's name (`K8S_NODE_NAME`): only its pods are watched, and it
+    /// is the host resource's `k8s.node.name`.
+    pub node_name: Option<String>,
+    /// Pod label keys exported as `k8s.pod.label.<key>`; empty: none.
+    pub labels: Vec<String>,
+}
+
 impl Default for CgroupsConfig {
     fn default() -> Self {
         Self {
@@ -250,6 +265,10 @@ impl Default for Config {
             syscalls: SyscallsConfig::default(),
             tcp: TcpConfig::default(),
             cgroups: CgroupsConfig::default(),
+            kubernetes: KubernetesConfig {
+                enabled: true,
+                ..Default::default()
+            },
             sched_enabled: true,
             oom_enabled: true,
             resource_attributes: Vec::new(),
@@ -306,6 +325,8 @@ pub enum ConfigError {
     Otlp(#[from] OtlpConfigError),
     #[error("{0}")]
     Tls(String),
+    #[error("{name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
     #[error(transparent)]
     File(#[from] crate::config_file::FileError),
 }
@@ -363,6 +384,18 @@ impl Config {
             1,
             1 << 20,
         )?;
+        if let Some(u) = &self.kubernetes.api_url {
+            crate::k8s::check_api_url(u).map_err(|reason| ConfigError::Invalid {
+                name: "--k8s-api-url (kubernetes.api_url)",
+                reason,
+            })?;
+        }
+        if self.kubernetes.labels.iter().any(|l| l.trim().is_empty()) {
+            return Err(ConfigError::Invalid {
+                name: "--k8s-label (kubernetes.labels)",
+                reason: "a label key is empty".into(),
+            });
+        }
         let s = &self.syscalls;
         range(
             "--slow-events-per-cpu (syscalls.slow_events_per_cpu)",

@@ -54,6 +54,21 @@ pub struct FileConfig {
     pub cgroups: Option<Cgroups>,
     pub sched: Option<Sched>,
     pub oom: Option<Sched>,
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// `kubernetes:` pod metadata from the API server.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    pub enabled: Option<bool>,
+    /// `https://HOST[:PORT]`, or `http://` to a loopback address.
+    #[serde(default, deserialize_with = "api_url")]
+    pub api_url: Option<String>,
+    /// Overrides `K8S_NODE_NAME`.
+    pub node_name: Option<String>,
+    /// Label keys exported as `k8s.pod.label.<key>`.
+    pub labels: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -250,6 +265,12 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
         return Err(serde::de::Error::custom("must be more than zero"));
     }
     Ok(Some(v))
+}
+
+fn api_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::k8s::check_api_url(s.trim()).map_err(serde::de::Error::custom)?;
+    Ok(Some(s.trim().to_string()))
 }
 
 fn listen<'de, D: Deserializer<'de>>(

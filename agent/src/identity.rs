@@ -41,6 +41,14 @@ impl ProcessInfo {
 #[derive(Debug, Clone)]
 pub struct HostInfo {
     pub name: String,
+    /// `/etc/machine-id` (else `/var/lib/dbus/machine-id`), as the
+    /// semantic conventions' `host.id` asks on Linux; None when neither is
+    /// readable (a container image without one).
+    pub id: Option<String>,
+    /// `host.arch` in the conventions' words (`amd64`, `arm64`, ...).
+    pub arch: &'static str,
+    /// The kernel release (`os.version`), from `/proc/sys/kernel/osrelease`.
+    pub os_version: Option<String>,
 }
 
 impl HostInfo {
@@ -49,7 +57,32 @@ impl HostInfo {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "unknown".into());
-        Self { name }
+        let first_line = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        Self {
+            name,
+            id: first_line("/etc/machine-id").or_else(|| first_line("/var/lib/dbus/machine-id")),
+            arch: host_arch(std::env::consts::ARCH),
+            os_version: first_line("/proc/sys/kernel/osrelease"),
+        }
+    }
+}
+
+/// Rust's architecture name in the semantic conventions' `host.arch` values.
+pub fn host_arch(rust_arch: &'static str) -> &'static str {
+    match rust_arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "x86",
+        "arm" => "arm32",
+        "powerpc" => "ppc32",
+        "powerpc64" => "ppc64",
+        "s390x" => "s390x",
+        other => other,
     }
 }
 
@@ -225,6 +258,18 @@ mod tests {
             "hostscope-workl",
             "exited"
         );
+    }
+
+    #[test]
+    fn host_identity() {
+        let h = HostInfo::read();
+        assert_eq!(host_arch("x86_64"), "amd64");
+        assert_eq!(host_arch("aarch64"), "arm64");
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        assert_eq!(h.os_version.as_deref(), Some(release.trim()));
+        if let Ok(id) = std::fs::read_to_string("/etc/machine-id") {
+            assert_eq!(h.id.as_deref(), Some(id.trim()));
+        }
     }
 
     #[test]

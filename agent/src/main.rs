@@ -10,6 +10,7 @@ mod ebpf;
 mod export;
 mod health;
 mod identity;
+mod k8s;
 mod otlp;
 mod privilege;
 mod signals;

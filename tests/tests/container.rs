@@ -8,87 +8,15 @@
 //! v2), so a real `kubepods` is never touched; the parser finds `kubepods`
 //! at any depth.
 
-use std::{
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use hostscope_tests::{
     Agent, Mix, Workload,
-    cgroup::Layout,
+    cgroup::{Layout, Tree, v2_path},
     otlp::{self, Attrs},
     require_root,
 };
 use serde_json::Value;
-
-/// Directories created top-down; on drop, processes still in them are moved
-/// to the hierarchy's root and the directories removed bottom-up.
-struct Tree {
-    root: PathBuf,
-    dirs: Vec<PathBuf>,
-}
-
-impl Tree {
-    /// Creates `<root>/<rel>` component by component; returns the leaf.
-    fn create(root: &Path, rel: &str) -> Tree {
-        let mut t = Tree {
-            root: root.to_path_buf(),
-            dirs: Vec::new(),
-        };
-        let mut dir = root.to_path_buf();
-        for comp in rel.split('/').filter(|c| !c.is_empty()) {
-            dir.push(comp);
-            if !dir.exists() {
-                std::fs::create_dir(&dir)
-                    .unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
-                t.dirs.push(dir.clone());
-            }
-        }
-        t
-    }
-
-    fn leaf(&self) -> &Path {
-        self.dirs.last().expect("a created cgroup")
-    }
-
-    fn enter(&self, pid: u32) {
-        let procs = self.leaf().join("cgroup.procs");
-        std::fs::write(&procs, pid.to_string())
-            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", procs.display()));
-    }
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        for dir in self.dirs.iter().rev() {
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.split_whitespace() {
-                let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match std::fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(e) if Instant::now() >= deadline => {
-                        eprintln!("could not remove cgroup {}: {e}", dir.display());
-                        break;
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        }
-    }
-}
-
-/// The process's cgroup v2 path (`0::` line of `/proc/<pid>/cgroup`).
-fn v2_path(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-        .expect("a cgroup v2 line")
-}
 
 /// Attributes of the last process resource exported for `pid`, and its
 /// getppid count there.
