@@ -75,6 +75,28 @@ pub enum LoadError {
     },
 }
 
+/// A map a signal needs could not be taken from the loaded object.
+#[derive(Debug, Error)]
+pub enum TakeMapError {
+    #[error("map {0} missing from the eBPF object")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Takes map `name` out of `ebpf` as the typed map `T`.
+pub fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, TakeMapError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(TakeMapError::Missing(name))?;
+    T::try_from(map).map_err(|source| TakeMapError::Map { name, source })
+}
+
 #[derive(Debug, Error)]
 #[error("program {program} on {tracepoint}: {reason}")]
 pub struct AttachError {

@@ -19,7 +19,7 @@ use tracing::warn;
 use crate::{
     btf::{BtfError, KernelBtf},
     config::HookPreference,
-    ebpf::{AttachError, Attached, attach_tracepoint},
+    ebpf::{AttachError, Attached, attach_tracepoint, take_map},
     identity::{ProcessCache, ProcessInfo},
     otlp::{self, Window},
     signals::{Collected, sched::CgroupPaths},
@@ -33,14 +33,8 @@ pub enum OomError {
         "the kernel's BTF has no mark_victim tracepoint (or no BTF): OOM kills are not watched"
     )]
     NoTracepoint,
-    #[error("map {0} missing from the eBPF object")]
-    MissingMap(&'static str),
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
+    #[error(transparent)]
+    Map(#[from] crate::ebpf::TakeMapError),
     #[error("ring buffer: {0}")]
     RingBuf(#[source] std::io::Error),
 }
@@ -112,11 +106,11 @@ impl Oom {
             Variant::Pid => ("oom_victim_pid_btf", "oom_victim_pid_raw"),
         };
         let a = attach_tracepoint(ebpf, btf, pref, "oom/mark_victim", "mark_victim", b, r)?;
-        let ring: RingBuf<MapData> = take(ebpf, "OOM_EVENTS")?;
+        let ring: RingBuf<MapData> = take_map(ebpf, "OOM_EVENTS")?;
         Ok(Self {
             // SAFETY: the RingBuf owns its map fd and is dropped with the AsyncFd.
             events: unsafe { AsyncFd::register(ring) }.map_err(|e| OomError::RingBuf(e.into()))?,
-            drops: take(ebpf, "OOM_DROPS")?,
+            drops: take_map(ebpf, "OOM_DROPS")?,
             programs: vec![a],
             victims: Vec::new(),
             by_cgroup: BTreeMap::new(),
@@ -210,14 +204,6 @@ impl Oom {
             )],
         ));
     }
-}
-
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, OomError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf.take_map(name).ok_or(OomError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| OomError::Map { name, source })
 }
 
 /// The cgroup v2 path of a process (`0::/path` in /proc/<pid>/cgroup).

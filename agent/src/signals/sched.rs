@@ -30,7 +30,7 @@ use tracing::{debug, info};
 use crate::{
     btf::{BtfError, KernelBtf},
     config::HookPreference,
-    ebpf::{AttachError, Attached, attach_tracepoint, unload},
+    ebpf::{AttachError, Attached, attach_tracepoint, take_map, unload},
     identity::{ProcessCache, ProcessInfo},
     otlp::{self, Window},
     signals::Collected,
@@ -43,14 +43,8 @@ const DROP_REASONS: [&str; drop_reason::COUNT as usize] =
 pub enum SchedError {
     #[error(transparent)]
     Attach(#[from] AttachError),
-    #[error("map {0} missing from the eBPF object")]
-    MissingMap(&'static str),
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
+    #[error(transparent)]
+    Map(#[from] crate::ebpf::TakeMapError),
 }
 
 /// Locates the task and cgroup fields the sched programs read.
@@ -124,14 +118,6 @@ fn attach_all(
     Ok(programs)
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, SchedError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf.take_map(name).ok_or(SchedError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| SchedError::Map { name, source })
-}
-
 impl Sched {
     /// Attaches the wake-up programs first, then `sched_switch` (a switch
     /// with no recorded wake-up is simply not timed). The three are all BTF
@@ -162,8 +148,8 @@ impl Sched {
             _ => attach_all(ebpf, btf, pref)?,
         };
         Ok(Self {
-            stats: take(ebpf, "SCHED_STATS")?,
-            drops: take(ebpf, "SCHED_DROPS")?,
+            stats: take_map(ebpf, "SCHED_STATS")?,
+            drops: take_map(ebpf, "SCHED_DROPS")?,
             programs,
             attached_unix_nano: now_unix_nano,
             seen: StdHashMap::new(),

@@ -35,7 +35,7 @@ use tracing::{debug, warn};
 
 use crate::{
     config::{HookPreference, SyscallsConfig},
-    ebpf::{AttachError, Attached, attach_tracepoint, unload},
+    ebpf::{AttachError, Attached, attach_tracepoint, take_map, unload},
     identity::{ProcessCache, ProcessInfo},
     otlp::{self, Window},
     signals::Collected,
@@ -62,14 +62,8 @@ const DROP_REASONS: [&str; drop_reason::COUNT as usize] = [
 pub enum SyscallsError {
     #[error(transparent)]
     Attach(#[from] AttachError),
-    #[error("map {0} missing from the eBPF object")]
-    MissingMap(&'static str),
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
+    #[error(transparent)]
+    Map(#[from] crate::ebpf::TakeMapError),
     #[error("ring buffer: {0}")]
     RingBuf(#[source] std::io::Error),
 }
@@ -89,14 +83,6 @@ pub struct Syscalls {
     stats_capacity: u32,
     errors_capacity: u32,
     attached_unix_nano: u64,
-}
-
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, SyscallsError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf.take_map(name).ok_or(SyscallsError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| SyscallsError::Map { name, source })
 }
 
 impl Syscalls {
@@ -166,12 +152,12 @@ impl Syscalls {
                 return Err(e.into());
             }
         }
-        let ring: RingBuf<MapData> = take(ebpf, "SYSCALL_SLOW_EVENTS")?;
+        let ring: RingBuf<MapData> = take_map(ebpf, "SYSCALL_SLOW_EVENTS")?;
         Ok(Self {
-            stats: take(ebpf, "SYSCALL_STATS")?,
-            errors: take(ebpf, "SYSCALL_ERRORS")?,
-            comms: take(ebpf, "PROCESS_COMM")?,
-            drops: take(ebpf, "SYSCALL_DROPS")?,
+            stats: take_map(ebpf, "SYSCALL_STATS")?,
+            errors: take_map(ebpf, "SYSCALL_ERRORS")?,
+            comms: take_map(ebpf, "PROCESS_COMM")?,
+            drops: take_map(ebpf, "SYSCALL_DROPS")?,
             // SAFETY: the RingBuf owns its map fd and is dropped with the AsyncFd.
             events: unsafe { AsyncFd::register(ring) }
                 .map_err(|e| SyscallsError::RingBuf(e.into()))?,

@@ -49,7 +49,7 @@ use tracing::{debug, info};
 use crate::{
     btf::{BtfError, KernelBtf},
     config::{HookPreference, TcpConfig},
-    ebpf::{AttachError, Attached, attach_tracepoint, unload},
+    ebpf::{AttachError, Attached, attach_tracepoint, take_map, unload},
     identity::{ProcessCache, ProcessInfo},
     otlp::{self, Window},
     signals::Collected,
@@ -69,14 +69,8 @@ const DROP_REASONS: [&str; drop_reason::COUNT as usize] = [
 pub enum TcpError {
     #[error(transparent)]
     Attach(#[from] AttachError),
-    #[error("map {0} missing from the eBPF object")]
-    MissingMap(&'static str),
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
+    #[error(transparent)]
+    Map(#[from] crate::ebpf::TakeMapError),
     #[error("ring buffer: {0}")]
     RingBuf(#[source] std::io::Error),
 }
@@ -127,14 +121,6 @@ pub struct Tcp {
     capacity: u32,
     per_connection: bool,
     attached_unix_nano: u64,
-}
-
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, TcpError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf.take_map(name).ok_or(TcpError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| TcpError::Map { name, source })
 }
 
 /// (label, tracepoint, BTF program, raw program, required). A hook listed
@@ -225,10 +211,10 @@ impl Tcp {
                 }
             }
         }
-        let ring: RingBuf<MapData> = take(ebpf, "TCP_EVENTS")?;
+        let ring: RingBuf<MapData> = take_map(ebpf, "TCP_EVENTS")?;
         Ok(Self {
-            stats: take(ebpf, "TCP_STATS")?,
-            drops: take(ebpf, "TCP_DROPS")?,
+            stats: take_map(ebpf, "TCP_STATS")?,
+            drops: take_map(ebpf, "TCP_DROPS")?,
             // SAFETY: the RingBuf owns its map fd and is dropped with the AsyncFd.
             events: unsafe { AsyncFd::register(ring) }.map_err(|e| TcpError::RingBuf(e.into()))?,
             pending: Vec::new(),
