@@ -302,6 +302,41 @@ impl KernelBtf {
         self.ids_named(name).next().is_some()
     }
 
+    /// In an eBPF object's BTF (a BTF-defined map in the `.maps` section):
+    /// the byte offset in this blob of the element count of the array type
+    /// that member `member` of map `map` points to; such counts carry the
+    /// map's definition (`type`, `max_entries`, ...). None when anything is
+    /// not shaped so.
+    pub fn map_def_array_len_at(&self, map: &str, member: &str) -> Option<usize> {
+        for sec in self.ids_named(".maps") {
+            let sec = self.ty(sec).ok()?;
+            if sec.kind() != kind::DATASEC {
+                continue;
+            }
+            for v in 0..sec.vlen() {
+                let var = self.ty(self.u32_at(sec.extra + v * 12)).ok()?;
+                if var.kind() != kind::VAR || self.bytes_at(var.name_off).ok()? != map.as_bytes() {
+                    continue;
+                }
+                let def = self.ty(var.size_or_type).ok()?;
+                if def.kind() != kind::STRUCT {
+                    return None;
+                }
+                let m = (0..def.vlen())
+                    .map(|i| def.extra + i * MEMBER_LEN)
+                    .find(|&m| self.bytes_at(self.u32_at(m)).ok() == Some(member.as_bytes()))?;
+                let ptr = self.ty(self.u32_at(m + 4)).ok()?;
+                let array = self
+                    .ty(ptr.size_or_type)
+                    .ok()
+                    .filter(|_| ptr.kind() == kind::PTR)?;
+                // `btf_array`: type, index_type, nelems.
+                return (array.kind() == kind::ARRAY).then_some(array.extra + 8);
+            }
+        }
+        None
+    }
+
     /// Whether each argument of tracepoint `name` is a pointer, from its
     /// `btf_trace_<name>` typedef (the hidden first `void *` left out);
     /// None when the kernel has no such tracepoint. Tracepoints whose

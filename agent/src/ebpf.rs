@@ -207,10 +207,10 @@ pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
 fn task_storage_as_hash(obj: &[u8], map: &str) -> Option<Vec<u8>> {
     const TASK_STORAGE: u32 = 29;
     const HASH: u32 = 1;
-    let btf = elf_section(obj, ".BTF")?;
+    let (start, btf) = object_btf(obj)?;
     let mut out = obj.to_vec();
     for (member, from, to) in [("type", TASK_STORAGE, HASH), ("max_entries", 0, 1)] {
-        let at = btf.start + btf_map_array_len(&obj[btf.clone()], map, member)?;
+        let at = start + btf.map_def_array_len_at(map, member)?;
         if u32_at(&out, at)? != from {
             return None;
         }
@@ -219,122 +219,19 @@ fn task_storage_as_hash(obj: &[u8], map: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The `.BTF` section of the ELF object `obj`: where it starts in `obj`,
+/// and its types.
+fn object_btf(obj: &[u8]) -> Option<(usize, crate::btf::KernelBtf)> {
+    use object::{Object as _, ObjectSection as _};
+    let file = object::File::parse(obj).ok()?;
+    let (start, len) = file.section_by_name(".BTF")?.file_range()?;
+    let range = usize::try_from(start).ok()?..usize::try_from(start + len).ok()?;
+    let btf = crate::btf::KernelBtf::from_bytes(obj.get(range.clone())?).ok()?;
+    Some((range.start, btf))
+}
+
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-/// The byte range of section `name` in a little-endian ELF64 object.
-fn elf_section(obj: &[u8], name: &str) -> Option<std::ops::Range<usize>> {
-    if obj.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let shoff = u64_at(obj, 0x28)? as usize;
-    let shentsize = u16_at(obj, 0x3a)? as usize;
-    let shnum = u16_at(obj, 0x3c)? as usize;
-    let shstrndx = u16_at(obj, 0x3e)? as usize;
-    let header = |i: usize| shoff + i * shentsize;
-    let strtab = u64_at(obj, header(shstrndx) + 0x18)? as usize;
-    (0..shnum).find_map(|i| {
-        let h = header(i);
-        let name_off = u32_at(obj, h)? as usize;
-        let n = obj.get(strtab + name_off..)?;
-        let n = &n[..n.iter().position(|&c| c == 0)?];
-        if n != name.as_bytes() {
-            return None;
-        }
-        let off = u64_at(obj, h + 0x18)? as usize;
-        let size = u64_at(obj, h + 0x20)? as usize;
-        (off + size <= obj.len()).then_some(off..off + size)
-    })
-}
-
-/// In a `.BTF` section: the offset of the `nelems` of the array type behind
-/// member `member` (a pointer to an array) of the struct of variable `map`
-/// in the `.maps` data section.
-fn btf_map_array_len(btf: &[u8], map: &str, member: &str) -> Option<usize> {
-    const INT: u32 = 1;
-    const PTR: u32 = 2;
-    const ARRAY: u32 = 3;
-    const STRUCT: u32 = 4;
-    const UNION: u32 = 5;
-    const ENUM: u32 = 6;
-    const FUNC_PROTO: u32 = 13;
-    const VAR: u32 = 14;
-    const DATASEC: u32 = 15;
-    const DECL_TAG: u32 = 17;
-    const ENUM64: u32 = 19;
-    if u16_at(btf, 0)? != 0xeb9f {
-        return None;
-    }
-    let hdr_len = u32_at(btf, 4)? as usize;
-    let type_off = hdr_len + u32_at(btf, 8)? as usize;
-    let type_len = u32_at(btf, 12)? as usize;
-    let str_off = hdr_len + u32_at(btf, 16)? as usize;
-    let name = |off: u32| -> Option<&[u8]> {
-        let s = btf.get(str_off + off as usize..)?;
-        Some(&s[..s.iter().position(|&c| c == 0)?])
-    };
-    // Type ids start at 1; offsets[id] is where that type's record starts.
-    let mut offsets = vec![0usize];
-    let mut at = type_off;
-    while at < type_off + type_len {
-        offsets.push(at);
-        let info = u32_at(btf, at + 4)?;
-        let kind = (info >> 24) & 0x1f;
-        let vlen = (info & 0xffff) as usize;
-        at += 12
-            + match kind {
-                INT | VAR | DECL_TAG => 4,
-                ARRAY => 12,
-                STRUCT | UNION | DATASEC => 12 * vlen,
-                ENUM | FUNC_PROTO => 8 * vlen,
-                ENUM64 => 12 * vlen,
-                _ => 0,
-            };
-    }
-    let kind_of = |id: u32| -> Option<(usize, u32)> {
-        let at = *offsets.get(id as usize)?;
-        Some((at, (u32_at(btf, at + 4)? >> 24) & 0x1f))
-    };
-    for &t in &offsets[1..] {
-        let info = u32_at(btf, t + 4)?;
-        if (info >> 24) & 0x1f != DATASEC || name(u32_at(btf, t)?)? != b".maps" {
-            continue;
-        }
-        for v in 0..(info & 0xffff) as usize {
-            let (var_at, kind) = kind_of(u32_at(btf, t + 12 + 12 * v)?)?;
-            if kind != VAR || name(u32_at(btf, var_at)?)? != map.as_bytes() {
-                continue;
-            }
-            let (s, kind) = kind_of(u32_at(btf, var_at + 8)?)?;
-            if kind != STRUCT {
-                return None;
-            }
-            let members = (u32_at(btf, s + 4)? & 0xffff) as usize;
-            for m in 0..members {
-                let m_at = s + 12 + 12 * m;
-                if name(u32_at(btf, m_at)?)? != member.as_bytes() {
-                    continue;
-                }
-                let (p, kind) = kind_of(u32_at(btf, m_at + 4)?)?;
-                if kind != PTR {
-                    return None;
-                }
-                let (a, kind) = kind_of(u32_at(btf, p + 8)?)?;
-                return (kind == ARRAY).then_some(a + 12 + 8);
-            }
-            return None;
-        }
-    }
-    None
 }
 
 /// Loads and attaches one tracepoint hook: the BTF tracepoint program, and
@@ -468,10 +365,9 @@ mod tests {
     use super::*;
 
     fn lens(obj: &[u8]) -> Option<(u32, u32)> {
-        let btf = elf_section(obj, ".BTF")?;
-        let b = &obj[btf.clone()];
-        let t = btf.start + btf_map_array_len(b, "TASK_RUNQ_START", "type")?;
-        let m = btf.start + btf_map_array_len(b, "TASK_RUNQ_START", "max_entries")?;
+        let (start, btf) = object_btf(obj)?;
+        let t = start + btf.map_def_array_len_at("TASK_RUNQ_START", "type")?;
+        let m = start + btf.map_def_array_len_at("TASK_RUNQ_START", "max_entries")?;
         Some((u32_at(obj, t)?, u32_at(obj, m)?))
     }
 
