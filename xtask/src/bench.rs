@@ -433,17 +433,19 @@ pub(crate) fn read_lines(stream: impl Read + Send + 'static, tx: Sender<String>)
     })
 }
 
-/// Median, min and max of one case's samples.
+/// Median, min and max of a set of samples (every part of `cargo xtask
+/// bench` reports these).
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
+pub(crate) struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
 impl Stats {
-    fn of(samples: &[f64]) -> Stats {
-        let mut s = samples.to_vec();
+    pub(crate) fn of(values: impl IntoIterator<Item = f64>) -> Stats {
+        let mut s: Vec<f64> = values.into_iter().collect();
+        assert!(!s.is_empty(), "no samples");
         s.sort_by(f64::total_cmp);
         let n = s.len();
         let median = if n % 2 == 1 {
@@ -466,7 +468,7 @@ fn ratio(added: f64, base: f64) -> Option<f64> {
 
 /// Prints the markdown report (table, ratios, command line) to stdout.
 fn print_report(args: &BenchArgs, samples: &Samples) {
-    let stats = samples.each_ref().map(|s| Stats::of(s));
+    let stats = samples.each_ref().map(|s| Stats::of(s.iter().copied()));
     let none = stats[Case::None.index()].median;
     let added = |c: Case| stats[c.index()].median - none;
 
@@ -516,7 +518,7 @@ fn print_report(args: &BenchArgs, samples: &Samples) {
 
 /// The ping-pong table: context-switch-heavy work under each tracer.
 fn print_pingpong(args: &BenchArgs, samples: &Samples) {
-    let stats = samples.each_ref().map(|s| Stats::of(s));
+    let stats = samples.each_ref().map(|s| Stats::of(s.iter().copied()));
     let none = stats[Case::None.index()].median;
     println!();
     println!(
@@ -574,9 +576,9 @@ mod tests {
 
     #[test]
     fn stats_median_odd_and_even() {
-        let s = Stats::of(&[3.0, 1.0, 2.0]);
+        let s = Stats::of([3.0, 1.0, 2.0]);
         assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
-        assert_eq!(Stats::of(&[4.0, 1.0, 2.0, 3.0]).median, 2.5);
+        assert_eq!(Stats::of([4.0, 1.0, 2.0, 3.0]).median, 2.5);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{Tracer, machine_summary};
+use crate::bench::{Stats, Tracer, machine_summary};
 
 /// Rounds; each runs every case once.
 const ROUNDS: usize = 7;
@@ -192,12 +192,13 @@ pub fn run(hostscope: &Path, workload: &Path) -> Result<()> {
     print_table(&wall);
     println!();
     print_verdicts(&wall);
+    let share = stats(&cpu_share);
     println!(
         "- the workload's CPU time was {:.1}-{:.1}% (median {:.1}%) of its wall time over all \
          measurements (100%: no other process ran on its CPU while it ran)",
-        min(&cpu_share) * 100.0,
-        max(&cpu_share) * 100.0,
-        median(&cpu_share) * 100.0
+        share.min * 100.0,
+        share.max * 100.0,
+        share.median * 100.0
     );
     program_cost(hostscope, &runqlat, workload)?;
     Ok(())
@@ -290,7 +291,7 @@ fn program_cost(hostscope: &Path, runqlat: &Path, workload: &Path) -> Result<()>
     println!("|------|---:|---:|---:|");
     let mut per_trip = [0.0; 3];
     for (t, (case, _, _)) in tools.iter().enumerate() {
-        let (sw, wk) = (median(&per_tool[t].0), median(&per_tool[t].1));
+        let (sw, wk) = (stats(&per_tool[t].0).median, stats(&per_tool[t].1).median);
         per_trip[t] = 2.0 * sw + 2.0 * wk;
         println!(
             "| {} | {sw:.0} | {wk:.0} | {:.0} |",
@@ -397,22 +398,9 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn median(samples: &[f64]) -> f64 {
-    let mut v = samples.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn min(samples: &[f64]) -> f64 {
-    samples.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn max(samples: &[f64]) -> f64 {
-    samples.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+/// Median, min and max of `samples`.
+fn stats(samples: &[f64]) -> Stats {
+    Stats::of(samples.iter().copied())
 }
 
 /// Median over rounds of `case / base` within the same round: drift in the
@@ -423,7 +411,7 @@ fn paired_ratio(samples: &Samples, case: Case, base: Case) -> f64 {
         .zip(&samples[base.index()])
         .map(|(c, b)| c / b)
         .collect();
-    median(&ratios)
+    stats(&ratios).median
 }
 
 fn verdict(pass: bool) -> &'static str {
@@ -431,7 +419,7 @@ fn verdict(pass: bool) -> &'static str {
 }
 
 fn print_table(samples: &Samples) {
-    let none = median(&samples[Case::None.index()]);
+    let none = stats(&samples[Case::None.index()]).median;
     println!();
     println!(
         "| case | median ns/round trip | min | max | added vs none | per-round ratio to none |"
@@ -441,7 +429,7 @@ fn print_table(samples: &Samples) {
     );
     for case in Case::ALL {
         let s = &samples[case.index()];
-        let med = median(s);
+        let med = stats(s).median;
         let (added, ratio) = if case == Case::None {
             ("-".to_string(), "-".to_string())
         } else {
@@ -457,14 +445,14 @@ fn print_table(samples: &Samples) {
         println!(
             "| {} | {med:.0} | {:.0} | {:.0} | {added} | {ratio} |",
             case.name(),
-            min(s),
-            max(s)
+            stats(s).min,
+            stats(s).max
         );
     }
 }
 
 fn print_verdicts(samples: &Samples) {
-    let med = samples.each_ref().map(|s| median(s));
+    let med = samples.each_ref().map(|s| stats(s).median);
     let none = med[Case::None.index()];
     let added = |c: Case| med[c.index()] - none;
     let sched = med[Case::HostscopeSched.index()];
@@ -501,7 +489,7 @@ fn print_verdicts(samples: &Samples) {
     );
     let spread = |c: Case| {
         let s = &samples[c.index()];
-        (max(s) - min(s)) / med[c.index()] * 100.0
+        (stats(s).max - stats(s).min) / med[c.index()] * 100.0
     };
     println!(
         "- noise, (max - min) / median: none {:.1}%, hostscope (sched only) {:.1}%, \
@@ -515,13 +503,6 @@ fn print_verdicts(samples: &Samples) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn median_min_max() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!((min(&[3.0, 1.0, 2.0]), max(&[3.0, 1.0, 2.0])), (1.0, 3.0));
-    }
 
     #[test]
     fn paired_ratio_is_within_round() {

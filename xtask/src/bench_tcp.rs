@@ -36,7 +36,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    bench::{Tracer, machine_summary},
+    bench::{Stats, Tracer, machine_summary},
     util,
 };
 
@@ -637,36 +637,9 @@ fn program_stats(pid: u32) -> Result<BTreeMap<String, ProgramCost>> {
         .collect())
 }
 
-/// Median, min and max.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Spread {
-    fn of(values: impl IntoIterator<Item = f64>) -> Spread {
-        let mut s: Vec<f64> = values.into_iter().collect();
-        assert!(!s.is_empty(), "no samples");
-        s.sort_by(f64::total_cmp);
-        let n = s.len();
-        let median = if n % 2 == 1 {
-            s[n / 2]
-        } else {
-            (s[n / 2 - 1] + s[n / 2]) / 2.0
-        };
-        Spread {
-            median,
-            min: s[0],
-            max: s[n - 1],
-        }
-    }
-}
-
 /// Round-by-round ratios of `case` to the first no-agent case.
-fn paired(samples: &Samples, case: Case, f: impl Fn(&Sample) -> f64) -> Spread {
-    Spread::of(
+fn paired(samples: &Samples, case: Case, f: impl Fn(&Sample) -> f64) -> Stats {
+    Stats::of(
         samples[case.index()]
             .iter()
             .zip(&samples[Case::None.index()])
@@ -680,7 +653,7 @@ fn pct(ratio: f64) -> String {
 }
 
 /// A paired ratio as "median% (min% to max%)".
-fn pct_spread(s: Spread) -> String {
+fn pct_spread(s: Stats) -> String {
     format!("{} ({} to {})", pct(s.median), pct(s.min), pct(s.max))
 }
 
@@ -734,9 +707,9 @@ fn print_report(
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for case in Case::ALL {
             let xs = &s[case.index()];
-            let rate = Spread::of(xs.iter().map(|x| x.rate));
-            let cpu = Spread::of(xs.iter().map(|x| x.cpu_per_unit * w.cpu_scale));
-            let bg = Spread::of(xs.iter().map(|x| x.background));
+            let rate = Stats::of(xs.iter().map(|x| x.rate));
+            let cpu = Stats::of(xs.iter().map(|x| x.cpu_per_unit * w.cpu_scale));
+            let bg = Stats::of(xs.iter().map(|x| x.background));
             let (vr, vc) = if case == Case::None {
                 ("-".to_owned(), "-".to_owned())
             } else {
@@ -848,13 +821,6 @@ fn print_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spread_median() {
-        let s = Spread::of([3.0, 1.0, 2.0]);
-        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
-        assert_eq!(Spread::of([4.0, 1.0, 2.0, 3.0]).median, 2.5);
-    }
 
     #[test]
     fn pct_signs() {
