@@ -288,3 +288,78 @@ fn every_hook_attaches_as_a_btf_tracepoint_on_this_kernel() {
         "no hook should fall back from its BTF tracepoint here: {fallbacks:#?}"
     );
 }
+
+/// Every exported resource names the host as the system itself does:
+/// `host.id` is /etc/machine-id, `host.name` the kernel's hostname,
+/// `os.version` the kernel release, `host.arch` the machine (OpenTelemetry
+/// spelling), and `k8s.node.name` the node name given.
+#[test]
+fn host_identity_matches_the_system() {
+    require_root();
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .to_string()
+    };
+    let machine = String::from_utf8(
+        Command::new("uname")
+            .arg("-m")
+            .output()
+            .expect("uname -m")
+            .stdout,
+    )
+    .unwrap();
+    let arch = match machine.trim() {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("no OpenTelemetry host.arch spelling known to this test for {other}"),
+    };
+    let want = [
+        ("host.id", read("/etc/machine-id")),
+        ("host.name", read("/proc/sys/kernel/hostname")),
+        ("os.version", read("/proc/sys/kernel/osrelease")),
+        ("host.arch", arch.to_string()),
+        ("k8s.node.name", "node-a".to_string()),
+    ];
+    let out = run(&[
+        "run",
+        "--exporter",
+        "stdout",
+        "--interval",
+        "1",
+        "--duration",
+        "1",
+        "--listen",
+        "none",
+        "--k8s-node-name",
+        "node-a",
+    ]);
+    assert!(
+        out.status.success(),
+        "status {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = metrics_lines(&out);
+    let resources: Vec<&Value> = lines
+        .iter()
+        .flat_map(|l| l["resourceMetrics"].as_array().into_iter().flatten())
+        .collect();
+    assert!(!resources.is_empty(), "no resources exported");
+    for r in resources {
+        let attrs = r["resource"]["attributes"].as_array().unwrap();
+        for (key, value) in &want {
+            let seen = attrs
+                .iter()
+                .find(|a| a["key"] == *key)
+                .and_then(|a| a["value"]["stringValue"].as_str());
+            assert_eq!(
+                seen,
+                Some(value.as_str()),
+                "{key} on every resource should be {value:?}; resource: {}",
+                r["resource"]
+            );
+        }
+    }
+}
