@@ -1,18 +1,33 @@
 //! Run-queue delay and context switches: keys, values and offsets of the
 //! `sched` kernel programs.
 //!
-//! A task becomes runnable at `sched_wakeup`/`sched_wakeup_new`, or stays
-//! runnable when `sched_switch` takes it off the CPU while it is still
-//! `TASK_RUNNING` (preempted). The time from then until `sched_switch` puts
-//! it on a CPU is its run-queue delay, counted in the same log2 buckets as
-//! syscall durations (powers of two seconds, see `crate::syscalls`).
+//! Two designs, one per hook type:
+//!
+//! - **BTF tracepoint** (`sched_switch` alone): the kernel already times
+//!   every wait in the task's `sched_info` (`pcount`, the number of waits
+//!   ended by getting a CPU, and `run_delay`, their total in ns, the figures
+//!   of `/proc/<pid>/schedstat`). At each switch-out the program reads both
+//!   and keeps them in the task's own storage; the change since the task's
+//!   last switch-out is the wait that ended at its last switch-in (the run
+//!   queue's clock, exactly as the kernel counts it). No wake-up hook and no
+//!   clock read.
+//! - **Raw tracepoints** (`sched_wakeup`, `sched_wakeup_new`,
+//!   `sched_switch`, for kernels without BTF tracepoints, task storage or
+//!   `sched_info`): a task becomes runnable at a wake-up, or stays runnable
+//!   when `sched_switch` takes it off the CPU while still `TASK_RUNNING`
+//!   (preempted); the time from then until `sched_switch` puts it on a CPU
+//!   is its wait, timed with the BPF clock.
+//!
+//! Waits are counted in the same log2 buckets as syscall durations (powers
+//! of two seconds, see `crate::syscalls`).
 //!
 //! A switch away from a task is voluntary when it was not a preemption and
 //! the task was no longer runnable (`!preempt && prev_state != 0`), exactly
 //! the condition under which the kernel counts `nvcsw`; otherwise it counts
-//! towards `nivcsw`. It is counted when the task next gets a CPU: the last
-//! switch-out of an exiting thread is missed and its first run (after
-//! `sched_wakeup_new`) counted in its place.
+//! towards `nivcsw`. The BTF design counts it at the switch-out itself, so
+//! its totals equal the kernel's; the raw design counts it when the task
+//! next gets a CPU (missing the last one, at exit, and counting a new
+//! thread's first run instead).
 
 use crate::syscalls::HIST_SLOTS;
 
@@ -43,8 +58,7 @@ impl RunqStats {
 }
 
 /// Byte offsets of the kernel fields the programs read, resolved from the
-/// running kernel's BTF. Only the task switched in is read: the one switched
-/// out is `current`, known from a helper.
+/// running kernel's BTF, and the time they were loaded.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedOffsets {
@@ -52,20 +66,47 @@ pub struct SchedOffsets {
     pub task_pid: u32,
     /// `task_struct.tgid` (process id).
     pub task_tgid: u32,
-    /// 1 when resolved.
+    /// 1 when `task_pid` and `task_tgid` are resolved.
     pub valid: u32,
-    /// Always 0.
-    pub _pad: u32,
+    /// `task_struct.sched_info.pcount`, immediately followed by the 8-byte
+    /// `sched_info.run_delay` (the layout of every kernel since 2.6).
+    pub sched_info: u32,
+    /// `task_struct.start_time` (`CLOCK_MONOTONIC` ns at fork).
+    pub task_start_time: u32,
+    /// 1 when `sched_info` and `task_start_time` are resolved and the kernel
+    /// keeps `sched_info` (the BTF design is usable).
+    pub info_valid: u32,
+    /// `CLOCK_MONOTONIC` ns when the programs were loaded: a task started
+    /// since then has all its waits counted, an older one those after its
+    /// first switch-out seen.
+    pub loaded_ns: u64,
+}
+
+/// A task's value in the BTF design's task storage: its `sched_info`
+/// figures at its last switch-out seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskSeen {
+    /// `sched_info.pcount` then.
+    pub pcount: u64,
+    /// `sched_info.run_delay` then.
+    pub run_delay: u64,
+    /// 0 until the first switch-out seen.
+    pub seen: u64,
 }
 
 /// Drop reasons of `SCHED_DROPS`.
 pub mod drop_reason {
     /// `SCHED_STATS` was full: a process's waits were not counted.
     pub const STATS_MAP_FULL: u32 = 0;
-    /// `RUNQ_START` was full, or (BTF tracepoints) the task's
-    /// `TASK_RUNQ_START` storage could not be created: a wait was not timed.
+    /// Raw tracepoints: `RUNQ_START` was full, a wait was not timed.
     pub const START_MAP_FULL: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// BTF tracepoint: a task's storage could not be had at a switch-out
+    /// (out of memory, or busy on that CPU). Nothing is lost from the
+    /// counts and sums; the waits since its last switch-out seen go into
+    /// the histogram as that many waits of their mean length, at its next.
+    pub const TASK_STORAGE_UNAVAILABLE: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 #[cfg(feature = "user")]
@@ -73,6 +114,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for RunqStats {}
     unsafe impl aya::Pod for SchedOffsets {}
+    unsafe impl aya::Pod for TaskSeen {}
 }
 
 #[cfg(test)]
@@ -83,6 +125,7 @@ mod tests {
     #[test]
     fn padding_free() {
         assert_eq!(size_of::<RunqStats>(), 8 * (4 + HIST_SLOTS));
-        assert_eq!(size_of::<SchedOffsets>(), 16);
+        assert_eq!(size_of::<SchedOffsets>(), 32);
+        assert_eq!(size_of::<TaskSeen>(), 24);
     }
 }

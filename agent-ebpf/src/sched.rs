@@ -1,25 +1,25 @@
 //! Run-queue delay and context switches per process, see
-//! `hostscope_common::sched`. Per-cgroup figures are summed in userspace
-//! from the per-process ones, which keeps the per-switch work small.
+//! `hostscope_common::sched` for the two designs. Per-cgroup figures are
+//! summed in userspace from the per-process ones, which keeps the
+//! per-switch work small.
 //!
-//! Hooks, as BTF tracepoints or else raw tracepoints (same arguments):
-//! `sched_wakeup(p)`, `sched_wakeup_new(p)`: `p` became runnable now;
-//! `sched_switch(preempt, prev, next, prev_state)`: `prev` (= `current`)
-//! leaves the CPU (runnable again now if it was preempted or still
-//! `TASK_RUNNING`), `next` gets it after waiting since it became runnable.
+//! BTF tracepoint, `sched_switch(preempt, prev, next, prev_state)` alone:
+//! at each switch-out of `prev` (= `current`), one task-storage access, one
+//! kernel read of its `sched_info` (`pcount`, `run_delay`: 16 bytes at a
+//! BTF-resolved offset) and one per-CPU stats update (the switch, and the
+//! wait that ended at its last switch-in, if any).
 //!
-//! Where each task's wake-up time is kept: with BTF tracepoints, in the
-//! task's own storage (`TASK_RUNQ_START`, no hashing; the value also caches
-//! the task's tgid, read once per task); with raw tracepoints, in a hash
-//! keyed by the task's address (`RUNQ_START`). Per wake-up: one store. Per
-//! switch: for `prev`, one store if it stays runnable; for `next`, a load
-//! and clear of its wake-up time (and, raw tracepoints only, one kernel read
-//! of its tgid at a BTF-resolved offset) and one per-CPU stats update,
-//! which also counts the switch-out that began the wait (voluntary
-//! after a wake-up, involuntary after a preemption). A thread's last
-//! switch-out, at exit, is never followed by a switch-in and is not counted;
-//! its first run after `sched_wakeup_new` is counted instead, so totals are
-//! exact for threads born while the programs are attached.
+//! Raw tracepoints, `sched_wakeup(p)`, `sched_wakeup_new(p)` and
+//! `sched_switch`: a task's wake-up time is kept in a hash keyed by the
+//! task's address (`RUNQ_START`). Per wake-up: one store. Per switch: for
+//! `prev`, one store if it stays runnable; for `next`, a load and clear of
+//! its wake-up time, one kernel read of its tgid at a BTF-resolved offset
+//! and one per-CPU stats update, which also counts the switch-out that
+//! began the wait (voluntary after a wake-up, involuntary after a
+//! preemption). A thread's last switch-out, at exit, is never followed by
+//! a switch-in and is not counted; its first run after `sched_wakeup_new`
+//! is counted instead, so totals are exact for threads born while the
+//! programs are attached.
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type, task_struct},
@@ -32,7 +32,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use hostscope_common::{
-    sched::{RunqStats, SchedOffsets, drop_reason},
+    sched::{RunqStats, SchedOffsets, TaskSeen, drop_reason},
     syscalls::slot_of_ns,
 };
 
@@ -41,7 +41,10 @@ static SCHED_OFFSETS: SchedOffsets = SchedOffsets {
     task_pid: 0,
     task_tgid: 0,
     valid: 0,
-    _pad: 0,
+    sched_info: 0,
+    task_start_time: 0,
+    info_valid: 0,
+    loaded_ns: 0,
 };
 
 /// When each runnable thread became runnable (ns), keyed by its
@@ -110,24 +113,11 @@ impl<T> TaskStorage<T> {
     }
 }
 
-/// The BTF-tracepoint programs' `RUNQ_START`: the same value (when the task
-/// became runnable, with [`PREEMPTED`]), kept in the task's own storage, 0
-/// while it is not waiting. A value is created at a task's first wake-up or
-/// preemption and freed by the kernel with the task; it is never deleted in
-/// between (a deletion would free and a next wake-up allocate again).
+/// The BTF design's per-task memory: each task's `sched_info` figures at
+/// its last switch-out seen. Created at a task's first switch-out and freed
+/// by the kernel with the task; never deleted in between.
 #[btf_map]
-static TASK_RUNQ_START: TaskStorage<TaskWait> = TaskStorage::new();
-
-/// A task's value in `TASK_RUNQ_START`.
-#[repr(C)]
-pub struct TaskWait {
-    /// When it became runnable (with [`PREEMPTED`]); 0 while not waiting.
-    started: u64,
-    /// Its process, read once when the value is created (a task's tgid
-    /// never changes), so a switch-in needs no kernel read.
-    tgid: u32,
-    _pad: u32,
-}
+static TASK_SCHED_SEEN: TaskStorage<TaskSeen> = TaskStorage::new();
 
 /// Waits and switches per process (tgid).
 #[map]
@@ -150,19 +140,9 @@ fn read<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> i32 {
-    on_wakeup_btf(ctx.arg::<u64>(0))
-}
-
 #[raw_tracepoint(tracepoint = "sched_wakeup")]
 pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
     on_wakeup(ctx.arg::<u64>(0))
-}
-
-#[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> i32 {
-    on_wakeup_btf(ctx.arg::<u64>(0))
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup_new")]
@@ -172,12 +152,9 @@ pub fn sched_wakeup_new_raw(ctx: RawTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
-    on_switch_btf(
-        ctx.arg::<u64>(0) as u8 != 0,
-        ctx.arg::<u64>(1),
-        ctx.arg::<u64>(2),
-        ctx.arg::<u64>(3) as u32,
-    )
+    match try_sched_switch_btf(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
@@ -189,18 +166,8 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     )
 }
 
-/// The floor for benchmarks: empty programs on the same hooks
+/// The floor for benchmarks: an empty program on the same hook
 /// (`hostscope bench-floor --hooks sched`).
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn sched_wakeup_empty(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
-#[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn sched_wakeup_new_empty(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
     0
@@ -220,37 +187,10 @@ fn on_wakeup(task: u64) -> i32 {
     0
 }
 
-fn on_wakeup_btf(task: u64) -> i32 {
-    if offsets().valid == 0 || task == 0 {
-        return 0;
-    }
-    start_btf(task, unsafe { bpf_ktime_get_ns() }, true);
-    0
-}
-
 #[inline(always)]
 fn start(task: u64, now: u64) {
     if RUNQ_START.insert(task, now, 0).is_err() {
         count_drop(drop_reason::START_MAP_FULL);
-    }
-}
-
-/// [`start`] for the BTF-tracepoint programs: `task` is a BTF pointer. A
-/// storage that cannot be created counts as a full `RUNQ_START`.
-#[inline(always)]
-fn start_btf(task: u64, now: u64, wakeup: bool) {
-    match TASK_RUNQ_START.get(task, true) {
-        Some(v) => unsafe {
-            if (*v).tgid == 0 {
-                (*v).tgid = read(task, offsets().task_tgid).unwrap_or(0);
-            }
-            // A wake-up of a task preempted and still on the run queue
-            // changes nothing: see [`PREEMPTED`].
-            if !(wakeup && (*v).started & PREEMPTED != 0) {
-                (*v).started = now;
-            }
-        },
-        None => count_drop(drop_reason::START_MAP_FULL),
     }
 }
 
@@ -296,31 +236,61 @@ fn on_switch(preempt: bool, next: u64, prev_state: u32) -> i32 {
     0
 }
 
-/// [`on_switch`] for the BTF-tracepoint programs, with `TASK_RUNQ_START`:
-/// `prev` and `next` are BTF pointers (`prev` is the current task).
-fn on_switch_btf(preempt: bool, prev: u64, next: u64, prev_state: u32) -> i32 {
+/// The BTF design: `prev` (the current task, a BTF pointer) leaves the CPU.
+#[inline(always)]
+fn try_sched_switch_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let o = offsets();
-    if o.valid == 0 {
-        return 0;
+    if o.info_valid == 0 {
+        return Err(());
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    if (preempt || prev_state == 0) && prev != 0 && bpf_get_current_pid_tgid() as u32 != 0 {
-        start_btf(prev, now | PREEMPTED, false);
+    let preempt = ctx.arg::<u64>(0) as u8 != 0;
+    let prev: u64 = ctx.arg(1);
+    let prev_state = ctx.arg::<u64>(3) as u32;
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // The idle task (tid 0) is not counted, nor the agent.
+    if id as u32 == 0 || prev == 0 || tgid == agent_tgid() {
+        return Ok(());
     }
-    if next == 0 {
-        return 0;
+    let s = entry(tgid).ok_or(())?;
+    unsafe {
+        if preempt || prev_state == 0 {
+            (*s).involuntary += 1;
+        } else {
+            (*s).voluntary += 1;
+        }
     }
-    // No storage: `next` never waited while the programs were attached.
-    let Some(v) = TASK_RUNQ_START.get(next, false) else {
-        return 0;
+    let Some(v) = TASK_SCHED_SEEN.get(prev, true) else {
+        count_drop(drop_reason::TASK_STORAGE_UNAVAILABLE);
+        return Err(());
     };
-    let (started, tgid) = unsafe { ((*v).started, (*v).tgid) };
-    if started == 0 {
-        return 0;
+    let [pcount, run_delay]: [u64; 2] = read(prev, o.sched_info).ok_or(())?;
+    unsafe {
+        if (*v).seen == 0 {
+            (*v).seen = 1;
+            // A task older than the programs: its waits so far are not
+            // ours to count.
+            let started: u64 = read(prev, o.task_start_time).ok_or(())?;
+            if started < o.loaded_ns {
+                (*v).pcount = pcount;
+                (*v).run_delay = run_delay;
+                return Ok(());
+            }
+        }
+        let n = pcount.wrapping_sub((*v).pcount);
+        let d = run_delay.wrapping_sub((*v).run_delay);
+        (*v).pcount = pcount;
+        (*v).run_delay = run_delay;
+        if n == 0 || n > 1 << 32 {
+            return Ok(());
+        }
+        (*s).count += n;
+        (*s).sum_ns += d;
+        if let Some(b) = (*s).slots.get_mut(slot_of_ns(d / n)) {
+            *b += n;
+        }
     }
-    unsafe { (*v).started = 0 };
-    switched_in(tgid, now, started);
-    0
+    Ok(())
 }
 
 /// A task of process `tgid` got a CPU at `now` after waiting since

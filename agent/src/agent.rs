@@ -227,6 +227,7 @@ impl Agent {
         } else {
             None
         };
+        let (sched_offsets, sched_no_info) = self.sched_offsets();
         let settings = LoadSettings {
             agent_tgid: std::process::id(),
             slow_threshold_ns: s
@@ -241,7 +242,7 @@ impl Agent {
             tcp_events_per_cpu_per_sec: self.cfg.tcp.events_per_cpu_per_sec.into(),
             tcp_series: self.cfg.tcp.max_series,
             tcp_sockets: self.cfg.tcp.max_sockets,
-            sched_offsets: self.sched_offsets(),
+            sched_offsets,
             oom_offsets: oom_variant.map(|(_, o)| o).unwrap_or_default(),
         };
         let mut obj = match ebpf::load(&settings) {
@@ -295,6 +296,7 @@ impl Agent {
                 &mut obj,
                 btf.as_ref(),
                 self.cfg.hook_type,
+                sched_no_info.as_deref(),
                 self.started_unix_nano,
             ) {
                 Ok(s) => {
@@ -307,6 +309,11 @@ impl Agent {
                     info!(
                         sched_wakeup = hook("sched/sched_wakeup"),
                         sched_switch = hook("sched/sched_switch"),
+                        waits = if s.programs.len() == 1 {
+                            "kernel sched_info"
+                        } else {
+                            "timed at wake-up"
+                        },
                         "sched signal attached"
                     );
                     self.attached.extend(s.programs.iter().cloned());
@@ -390,13 +397,15 @@ impl Agent {
         }
     }
 
-    /// Field offsets for the sched programs from the running kernel's BTF.
-    fn sched_offsets(&self) -> hostscope_common::sched::SchedOffsets {
+    /// Field offsets for the sched programs from the running kernel's BTF,
+    /// and why the BTF design is unusable, if it is.
+    fn sched_offsets(&self) -> (hostscope_common::sched::SchedOffsets, Option<String>) {
         if !self.cfg.sched_enabled {
             return Default::default();
         }
+        let loaded_ns = crate::identity::monotonic_ns();
         let resolved = crate::btf::KernelBtf::load()
-            .and_then(|btf| crate::signals::sched::resolve_offsets(&btf));
+            .and_then(|btf| crate::signals::sched::resolve_offsets(&btf, loaded_ns));
         match resolved {
             Ok(o) => o,
             Err(e) => {
@@ -717,14 +726,9 @@ pub async fn bench_floor(duration: Duration, hooks: crate::cli::FloorHooks) -> R
             ],
             "sys_enter/sys_exit",
         ),
-        crate::cli::FloorHooks::Sched => (
-            &[
-                ("sched_wakeup", "sched_wakeup_empty"),
-                ("sched_wakeup_new", "sched_wakeup_new_empty"),
-                ("sched_switch", "sched_switch_empty"),
-            ],
-            "sched",
-        ),
+        crate::cli::FloorHooks::Sched => {
+            (&[("sched_switch", "sched_switch_empty")], "sched_switch")
+        }
         crate::cli::FloorHooks::Tcp => (
             &[("tcp_sendmsg_locked", "tcp_sendmsg_empty")],
             "tcp_sendmsg_locked",

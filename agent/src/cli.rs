@@ -39,7 +39,7 @@ pub enum Command {
         #[arg(long, value_parser = parse_seconds)]
         duration: Duration,
         /// Whose hooks: `syscalls` (sys_enter, sys_exit), `sched`
-        /// (sched_wakeup, sched_wakeup_new, sched_switch) or `tcp`
+        /// (sched_switch, the sched signal's one hook) or `tcp`
         /// (tcp_sendmsg_locked, the tcp signal's per-send hook).
         #[arg(long, value_enum, default_value = "syscalls")]
         hooks: FloorHooks,

@@ -147,7 +147,7 @@ pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
     let per_connection = u32::from(s.tcp_per_connection);
     let mut loader = EbpfLoader::new();
     loader
-        // TASK_RUNQ_START (task storage), which aya 0.14 creates but has no
+        // TASK_SCHED_SEEN (task storage), which aya 0.14 creates but has no
         // type for.
         .allow_unsupported_maps()
         .override_global("AGENT_TGID", &s.agent_tgid, true)
@@ -173,11 +173,11 @@ pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
         .override_global("OOM_OFFSETS", &s.oom_offsets, true);
     // Kernels before 5.11 have no task storage: the object would not load
     // at all. There the sched programs use raw tracepoints (see
-    // `signals::sched`), which do not touch TASK_RUNQ_START, so it is
+    // `signals::sched`), which do not touch TASK_SCHED_SEEN, so it is
     // created as a one-entry hash instead.
     let patched;
     let object = match aya::sys::is_map_supported(aya::maps::MapType::TaskStorage) {
-        Ok(false) => match task_storage_as_hash(OBJECT, "TASK_RUNQ_START") {
+        Ok(false) => match task_storage_as_hash(OBJECT, "TASK_SCHED_SEEN") {
             Some(o) => {
                 info!(
                     "the kernel has no task storage (Linux 5.11+); the sched signal will use raw tracepoints"
@@ -366,20 +366,20 @@ mod tests {
 
     fn lens(obj: &[u8]) -> Option<(u32, u32)> {
         let (start, btf) = object_btf(obj)?;
-        let t = start + btf.map_def_array_len_at("TASK_RUNQ_START", "type")?;
-        let m = start + btf.map_def_array_len_at("TASK_RUNQ_START", "max_entries")?;
+        let t = start + btf.map_def_array_len_at("TASK_SCHED_SEEN", "type")?;
+        let m = start + btf.map_def_array_len_at("TASK_SCHED_SEEN", "max_entries")?;
         Some((u32_at(obj, t)?, u32_at(obj, m)?))
     }
 
     #[test]
     fn task_storage_map_is_patched_into_a_hash() {
         assert_eq!(lens(OBJECT), Some((29, 0)), "task storage, max_entries 0");
-        let patched = task_storage_as_hash(OBJECT, "TASK_RUNQ_START").expect("patched");
+        let patched = task_storage_as_hash(OBJECT, "TASK_SCHED_SEEN").expect("patched");
         assert_eq!(lens(&patched), Some((1, 1)), "hash, max_entries 1");
         assert_eq!(patched.len(), OBJECT.len());
         let changed = OBJECT.iter().zip(&patched).filter(|(a, b)| a != b).count();
         assert!(changed <= 2, "{changed} bytes changed");
-        assert!(task_storage_as_hash(&patched, "TASK_RUNQ_START").is_none());
+        assert!(task_storage_as_hash(&patched, "TASK_SCHED_SEEN").is_none());
         assert!(task_storage_as_hash(OBJECT, "RUNQ_START").is_none());
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("not loading the patched object: not root");
@@ -390,7 +390,7 @@ mod tests {
             .load(&patched)
             .expect("the patched object loads");
         assert!(matches!(
-            ebpf.map("TASK_RUNQ_START"),
+            ebpf.map("TASK_SCHED_SEEN"),
             Some(aya::maps::Map::HashMap(_))
         ));
     }

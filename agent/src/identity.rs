@@ -201,6 +201,14 @@ pub fn now_unix_nano() -> u64 {
         .unwrap_or(0)
 }
 
+/// `CLOCK_MONOTONIC` now in ns (the clock of `bpf_ktime_get_ns()` and of
+/// a task's `start_time`).
+pub fn monotonic_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
 /// Offset that turns `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) into wall-clock ns.
 pub fn monotonic_to_unix_offset() -> i128 {
     let ns = |c| {

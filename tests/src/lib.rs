@@ -101,11 +101,11 @@ impl Lines {
     }
 
     /// Waits until a line contains `needle`; panics after `timeout`.
-    pub fn wait_for(&self, needle: &str, timeout: Duration, what: &str) {
+    pub fn wait_for(&self, needle: &str, timeout: Duration, what: &str) -> String {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.0.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return;
+            if let Some(l) = self.0.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
             }
             thread::sleep(Duration::from_millis(20));
         }

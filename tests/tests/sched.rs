@@ -1,8 +1,8 @@
 //! Run-queue delay and context switches per process, proved against the
-//! kernel's own per-task accounting: `run_delay` in `/proc/<pid>/schedstat`
-//! and `voluntary_ctxt_switches` / `nonvoluntary_ctxt_switches` in
-//! `/proc/<pid>/status`, read from the exited (not yet reaped) process so
-//! they are final.
+//! kernel's own per-task accounting: `run_delay` and `pcount` in
+//! `/proc/<pid>/schedstat` and `voluntary_ctxt_switches` /
+//! `nonvoluntary_ctxt_switches` in `/proc/<pid>/status`, read from the
+//! exited (not yet reaped) process so they are final.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -45,6 +45,8 @@ impl Drop for Busy {
 #[derive(Debug)]
 struct Kernel {
     run_delay_ns: u64,
+    /// Waits ended by getting a CPU (`sched_info.pcount`).
+    waits: u64,
     voluntary: u64,
     involuntary: u64,
 }
@@ -102,6 +104,11 @@ fn sensitive_child(sleeps: u32) -> (u32, Kernel) {
             .nth(1)
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("run_delay in /proc/{pid}/schedstat: {schedstat}")),
+        waits: schedstat
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("pcount in /proc/{pid}/schedstat: {schedstat}")),
         voluntary: field("voluntary_ctxt_switches:"),
         involuntary: field("nonvoluntary_ctxt_switches:"),
     };
@@ -159,14 +166,35 @@ fn agent_view(lines: &[Value], pid: u32) -> Option<(u64, f64, u64, u64)> {
     last
 }
 
+/// How the agent gets its waits (see `hostscope_common::sched`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Design {
+    /// The BTF tracepoint reading the kernel's own `sched_info`: exact.
+    KernelAccounting,
+    /// Raw tracepoints timing waits from wake-up to switch-in.
+    Raw,
+}
+
 /// One run of the sensitive child with `busy` loops on its CPU; checks the
 /// agent against the kernel and returns the mean delay in seconds.
-fn run(busy: usize) -> f64 {
-    let agent = Agent::start(&["--interval", "1", "--slow-threshold", "off"]);
-    agent.stderr.wait_for(
+fn run(busy: usize, design: Design) -> f64 {
+    let mut args = vec!["--interval", "1", "--slow-threshold", "off"];
+    if design == Design::Raw {
+        args.extend(["--hook-type", "raw-tp"]);
+    }
+    let agent = Agent::start(&args);
+    let attached = agent.stderr.wait_for(
         "sched signal attached",
         Duration::from_secs(30),
         "sched signal",
+    );
+    let expected = match design {
+        Design::KernelAccounting => "kernel sched_info",
+        Design::Raw => "timed at wake-up",
+    };
+    assert!(
+        attached.contains(expected),
+        "{design:?}: expected the sched signal to say {expected:?}: {attached}"
     );
     let load = Busy::start(busy);
     let (pid, kernel) = sensitive_child(300);
@@ -177,21 +205,40 @@ fn run(busy: usize) -> f64 {
         .unwrap_or_else(|| panic!("no run-queue delay for pid {pid} in the agent's output"));
     let kernel_s = kernel.run_delay_ns as f64 / 1e9;
     eprintln!(
-        "busy={busy}: agent count {count}, sum {sum:.6} s, voluntary {voluntary}, involuntary {involuntary}; kernel {kernel:?}"
+        "{design:?}, busy={busy}: agent count {count}, sum {sum:.9} s, voluntary {voluntary}, involuntary {involuntary}; kernel {kernel:?}"
     );
-    // 5%, plus 20 µs per wait: the kernel reads its run-queue clock when it
-    // enqueues the task and when __schedule starts, the tracepoints a little
-    // later (after the enqueue, after picking the next task); on a busy VM
-    // those few microseconds per wait matter only when waits are tiny.
-    let margin = kernel_s * 0.05 + count as f64 * 20e-6;
-    assert!(
-        (sum - kernel_s).abs() <= margin,
-        "run-queue delay of pid {pid}: agent {sum:.6} s, kernel run_delay {kernel_s:.6} s (allowed ±{margin:.6})"
-    );
-    // The agent counts a switch-out when the thread next gets a CPU: it
-    // misses the last one, at exit (in the zombie's status read here), and
-    // counts the new thread's first run after its wake-up instead; for a
-    // thread born while the agent runs the totals are exact.
+    match design {
+        Design::KernelAccounting => {
+            // The same figures the kernel keeps: the number of waits and
+            // their sum to the nanosecond (the sum travels as f64 seconds).
+            assert_eq!(
+                count, kernel.waits,
+                "waits of pid {pid}: agent's histogram count vs pcount in /proc/{pid}/schedstat"
+            );
+            assert!(
+                (sum * 1e9 - kernel.run_delay_ns as f64).abs() <= 1.0,
+                "run-queue delay of pid {pid}: agent {sum:.9} s, kernel run_delay {kernel_s:.9} s (allowed ±1 ns)"
+            );
+        }
+        Design::Raw => {
+            // 5%, plus 20 µs per wait: the kernel reads its run-queue clock
+            // when it enqueues the task and when __schedule starts, the
+            // tracepoints a little later (after the enqueue, after picking
+            // the next task); on a busy VM those few microseconds per wait
+            // matter only when waits are tiny.
+            let margin = kernel_s * 0.05 + count as f64 * 20e-6;
+            assert!(
+                (sum - kernel_s).abs() <= margin,
+                "run-queue delay of pid {pid}: agent {sum:.6} s, kernel run_delay {kernel_s:.6} s (allowed ±{margin:.6})"
+            );
+        }
+    }
+    // Kernel accounting counts each switch-out as it happens, as the kernel
+    // does. The raw design counts a switch-out when the thread next gets a
+    // CPU: it misses the last one, at exit (in the zombie's status read
+    // here), and counts the new thread's first run after its wake-up
+    // instead. For a thread born while the agent runs both totals are
+    // exact.
     assert_eq!(
         (voluntary, involuntary),
         (kernel.voluntary, kernel.involuntary),
@@ -204,13 +251,26 @@ fn run(busy: usize) -> f64 {
 #[test]
 fn runqueue_delay_and_context_switches_match_the_kernel() {
     require_root();
-    let quiet = run(0);
-    let contended = run(2);
+    let quiet = run(0, Design::KernelAccounting);
+    let contended = run(2, Design::KernelAccounting);
     eprintln!("mean delay: quiet {quiet:.6} s, two busy loops on its CPU {contended:.6} s");
+    // On an idle machine the quiet waits are microseconds and the contended
+    // ones milliseconds (a nice-19 task behind nice-0 loops). Other load on
+    // the machine lengthens both: with n nice-0 competitors already on the
+    // child's CPU, two more multiply its wait by about (n + 2) / n, which is
+    // still above 1.25 with eight of them.
     assert!(
-        contended > quiet * 2.0,
-        "two busy loops on the child's CPU should at least double its mean wait: quiet {quiet:.6} s, contended {contended:.6} s"
+        contended > quiet * 1.25,
+        "two busy loops on the child's CPU should lengthen its mean wait by a quarter at least: quiet {quiet:.6} s, contended {contended:.6} s"
     );
+}
+
+/// The fallback for kernels without BTF tracepoints, task storage or
+/// `sched_info`, forced here with `--hook-type raw-tp`.
+#[test]
+fn raw_tracepoints_time_waits_within_five_percent() {
+    require_root();
+    run(2, Design::Raw);
 }
 
 /// Cross-check with libbpf-tools `runqlat -p`: over the same child's life

@@ -1,8 +1,10 @@
 //! Run-queue delay and context switches, per process and per cgroup.
 //!
-//! Kernel side (`agent-ebpf/src/sched.rs`): `sched_wakeup`,
-//! `sched_wakeup_new` and `sched_switch`, as BTF tracepoints, else raw
-//! tracepoints; task fields located through the running kernel's BTF.
+//! Kernel side (`agent-ebpf/src/sched.rs`): `sched_switch` as a BTF
+//! tracepoint, reading the kernel's own per-task wait accounting
+//! (`sched_info`); else `sched_wakeup`, `sched_wakeup_new` and
+//! `sched_switch` as raw tracepoints, timing waits itself. Task fields are
+//! located through the running kernel's BTF.
 //!
 //! Metrics:
 //! - `hostscope.cpu.runqueue.delay`: exponential histogram (scale 0, `s`) of
@@ -36,8 +38,11 @@ use crate::{
     signals::Collected,
 };
 
-const DROP_REASONS: [&str; drop_reason::COUNT as usize] =
-    ["sched_stats_map_full", "sched_start_map_full"];
+const DROP_REASONS: [&str; drop_reason::COUNT as usize] = [
+    "sched_stats_map_full",
+    "sched_start_map_full",
+    "sched_task_storage_unavailable",
+];
 
 #[derive(Debug, Error)]
 pub enum SchedError {
@@ -47,14 +52,67 @@ pub enum SchedError {
     Map(#[from] crate::ebpf::TakeMapError),
 }
 
-/// Locates the task and cgroup fields the sched programs read.
-pub fn resolve_offsets(btf: &KernelBtf) -> Result<SchedOffsets, BtfError> {
-    Ok(SchedOffsets {
+/// Locates the task fields the sched programs read. `loaded_ns` is now on
+/// `CLOCK_MONOTONIC`. The BTF design (`info_valid`) also needs
+/// `sched_info.pcount` followed by `run_delay` and `start_time`, and a
+/// kernel that keeps `sched_info` (see [`kernel_keeps_sched_info`]);
+/// without them only the raw design is usable, and the reason is returned
+/// with the offsets.
+pub fn resolve_offsets(
+    btf: &KernelBtf,
+    loaded_ns: u64,
+) -> Result<(SchedOffsets, Option<String>), BtfError> {
+    let mut o = SchedOffsets {
         task_pid: btf.offset_of("task_struct", "pid")?,
         task_tgid: btf.offset_of("task_struct", "tgid")?,
         valid: 1,
-        _pad: 0,
-    })
+        loaded_ns,
+        ..Default::default()
+    };
+    let info = (|| -> Result<(u32, u32), String> {
+        let pcount = btf
+            .offset_of("task_struct", "sched_info.pcount")
+            .map_err(|e| e.to_string())?;
+        let run_delay = btf
+            .offset_of("task_struct", "sched_info.run_delay")
+            .map_err(|e| e.to_string())?;
+        if run_delay != pcount + 8 {
+            return Err(format!(
+                "sched_info.run_delay is at {run_delay}, not right after pcount at {pcount}"
+            ));
+        }
+        let start = btf
+            .offset_of("task_struct", "start_time")
+            .map_err(|e| e.to_string())?;
+        kernel_keeps_sched_info()?;
+        Ok((pcount, start))
+    })();
+    match info {
+        Ok((pcount, start)) => {
+            o.sched_info = pcount;
+            o.task_start_time = start;
+            o.info_valid = 1;
+            Ok((o, None))
+        }
+        Err(why) => Ok((o, Some(why))),
+    }
+}
+
+/// Whether the kernel keeps per-task wait accounting: this process has
+/// got a CPU after waiting at least once (its start), so `pcount`, the third
+/// figure of `/proc/self/schedstat`, is non-zero unless the kernel does not
+/// count (`CONFIG_SCHED_INFO` off, or, before Linux 5.14, neither
+/// schedstats nor delay accounting on).
+fn kernel_keeps_sched_info() -> Result<(), String> {
+    let s = std::fs::read_to_string("/proc/self/schedstat")
+        .map_err(|e| format!("/proc/self/schedstat: {e}"))?;
+    match s.split_whitespace().nth(2).map(str::parse::<u64>) {
+        Some(Ok(n)) if n > 0 => Ok(()),
+        _ => Err(format!(
+            "the kernel does not count waits per task (/proc/self/schedstat: {:?})",
+            s.trim()
+        )),
+    }
 }
 
 /// The attached sched signal.
@@ -77,35 +135,21 @@ struct Seen {
     last: RunqStats,
 }
 
-/// Attaches the three hooks with `pref`; on failure detaches what it had
-/// attached.
-fn attach_all(
-    ebpf: &mut Ebpf,
-    btf: Option<&Btf>,
-    pref: HookPreference,
-) -> Result<Vec<Attached>, SchedError> {
+/// Attaches the raw-tracepoint design's three hooks, the wake-ups first
+/// (a switch with no recorded wake-up is simply not timed); on failure
+/// detaches what it had attached.
+fn attach_raw(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<Vec<Attached>, SchedError> {
     let mut programs: Vec<Attached> = Vec::new();
-    for (label, tp, b, r) in [
-        (
-            "sched/sched_wakeup",
-            "sched_wakeup",
-            "sched_wakeup_btf",
-            "sched_wakeup_raw",
-        ),
+    for (label, tp, r) in [
+        ("sched/sched_wakeup", "sched_wakeup", "sched_wakeup_raw"),
         (
             "sched/sched_wakeup_new",
             "sched_wakeup_new",
-            "sched_wakeup_new_btf",
             "sched_wakeup_new_raw",
         ),
-        (
-            "sched/sched_switch",
-            "sched_switch",
-            "sched_switch_btf",
-            "sched_switch_raw",
-        ),
+        ("sched/sched_switch", "sched_switch", "sched_switch_raw"),
     ] {
-        match attach_tracepoint(ebpf, btf, pref, label, tp, b, r) {
+        match attach_tracepoint(ebpf, btf, HookPreference::RawTp, label, tp, "", r) {
             Ok(a) => programs.push(a),
             Err(e) => {
                 for p in &programs {
@@ -118,34 +162,62 @@ fn attach_all(
     Ok(programs)
 }
 
+/// Attaches the BTF design: `sched_switch` alone.
+fn attach_btf(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<Vec<Attached>, SchedError> {
+    Ok(vec![attach_tracepoint(
+        ebpf,
+        btf,
+        HookPreference::TpBtf,
+        "sched/sched_switch",
+        "sched_switch",
+        "sched_switch_btf",
+        "",
+    )?])
+}
+
 impl Sched {
-    /// Attaches the wake-up programs first, then `sched_switch` (a switch
-    /// with no recorded wake-up is simply not timed). The three are all BTF
-    /// tracepoints or all raw tracepoints: the BTF ones keep wake-up times
-    /// in task storage (`TASK_RUNQ_START`), the raw ones in `RUNQ_START`,
-    /// so a mix would time nothing. On failure nothing stays attached.
+    /// Attaches the BTF design where the kernel offers it (BTF tracepoints,
+    /// task storage and `sched_info`: `no_info` is why not, if not), else
+    /// the raw design, saying why. On failure nothing stays attached.
     pub fn start(
         ebpf: &mut Ebpf,
         btf: Option<&Btf>,
         pref: HookPreference,
+        no_info: Option<&str>,
         now_unix_nano: u64,
     ) -> Result<Self, SchedError> {
-        let programs = match (pref, btf) {
-            (HookPreference::Auto, Some(_)) => {
-                match attach_all(ebpf, btf, HookPreference::TpBtf) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        // Kernels 5.5-5.11 have BTF tracepoints but no task
-                        // storage for them: the verifier refuses the helper.
-                        info!(
-                            "sched: BTF tracepoints unavailable ({e}); using raw tracepoints \
-                             for all three hooks"
-                        );
-                        attach_all(ebpf, btf, HookPreference::RawTp)?
-                    }
+        let programs = match (pref, btf, no_info) {
+            (HookPreference::RawTp, _, _) => attach_raw(ebpf, btf)?,
+            (HookPreference::TpBtf, _, Some(why)) => {
+                return Err(AttachError {
+                    program: "sched_switch_btf".into(),
+                    tracepoint: "sched_switch".into(),
+                    reason: format!(
+                        "BTF tracepoint: it reads the kernel's sched_info, and {why} \
+                         (--hook-type tp-btf allows no fallback)"
+                    ),
                 }
+                .into());
             }
-            _ => attach_all(ebpf, btf, pref)?,
+            (HookPreference::TpBtf, _, None) => attach_btf(ebpf, btf)?,
+            (HookPreference::Auto, Some(_), None) => match attach_btf(ebpf, btf) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Kernels 5.5-5.11 have BTF tracepoints but no task
+                    // storage for them: the verifier refuses the helper.
+                    info!("sched: {e}; using raw tracepoints on all three hooks instead");
+                    attach_raw(ebpf, btf)?
+                }
+            },
+            (HookPreference::Auto, None, _) => attach_raw(ebpf, btf)?,
+            (HookPreference::Auto, Some(_), Some(why)) => {
+                info!(
+                    "sched: the BTF tracepoint reads the kernel's own per-task wait accounting \
+                     (sched_info), and {why}; timing waits with raw tracepoints on all three \
+                     hooks instead"
+                );
+                attach_raw(ebpf, btf)?
+            }
         };
         Ok(Self {
             stats: take_map(ebpf, "SCHED_STATS")?,
@@ -438,8 +510,11 @@ mod tests {
             eprintln!("skipped: no /sys/kernel/btf/vmlinux");
             return;
         };
-        let o = resolve_offsets(&btf).expect("every field the sched programs read");
+        let (o, no_info) = resolve_offsets(&btf, 1).expect("every field the sched programs read");
         assert_eq!(o.valid, 1);
+        assert_eq!(no_info, None, "this kernel keeps sched_info");
+        assert_eq!(o.info_valid, 1);
+        assert_eq!(o.loaded_ns, 1);
         assert_ne!(o.task_pid, o.task_tgid);
     }
 }
