@@ -9,4 +9,5 @@
 pub mod oom;
 pub mod sched;
 pub mod syscalls;
+pub mod task;
 pub mod tcp;

@@ -17,18 +17,15 @@ pub struct OomEvent {
 }
 
 /// Offsets for the task-argument variant (Linux 6.8+): `task_struct.pid`,
-/// `.tgid`, `.comm`, and the cgroup chain as in `crate::sched`.
+/// `.tgid`, `.comm`, and the chain to the task's cgroup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OomOffsets {
     pub task_pid: u32,
     pub task_tgid: u32,
     pub task_comm: u32,
-    pub task_cgroups: u32,
-    pub css_set_dfl_cgrp: u32,
-    pub cgroup_kn: u32,
-    pub kernfs_node_id: u32,
     pub valid: u32,
+    pub cgroup: crate::task::CgroupChain,
 }
 
 #[cfg(feature = "user")]

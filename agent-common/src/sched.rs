@@ -80,6 +80,26 @@ pub struct SchedOffsets {
     /// since then has all its waits counted, an older one those after its
     /// first switch-out seen.
     pub loaded_ns: u64,
+    /// The chain to the cgroup of the task that gets the CPU at an
+    /// involuntary switch (`SCHED_PREEMPTIONS`).
+    pub cgroup: crate::task::CgroupChain,
+    /// 1 when `cgroup` is resolved.
+    pub cgroup_valid: u32,
+    /// Always 0.
+    pub _pad: u32,
+}
+
+/// Key of `SCHED_PREEMPTIONS`: involuntary switches of a process's
+/// threads, by the cgroup v2 id of the task that got the CPU instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PreemptKey {
+    /// The process switched out.
+    pub tgid: u32,
+    /// Always 0.
+    pub _pad: u32,
+    /// cgroup v2 id of the task switched in (0 if unreadable).
+    pub cgroup_id: u64,
 }
 
 /// A task's value in the BTF design's task storage: its `sched_info`
@@ -106,7 +126,11 @@ pub mod drop_reason {
     /// counts and sums; the waits since its last switch-out seen go into
     /// the histogram as that many waits of their mean length, at its next.
     pub const TASK_STORAGE_UNAVAILABLE: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// `SCHED_PREEMPTIONS` was full: an involuntary switch was not
+    /// attributed to the cgroup that got the CPU (it is still counted in
+    /// the process's switches).
+    pub const PREEMPTIONS_MAP_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 #[cfg(feature = "user")]
@@ -115,6 +139,7 @@ mod pod {
     unsafe impl aya::Pod for RunqStats {}
     unsafe impl aya::Pod for SchedOffsets {}
     unsafe impl aya::Pod for TaskSeen {}
+    unsafe impl aya::Pod for PreemptKey {}
 }
 
 #[cfg(test)]
@@ -125,7 +150,8 @@ mod tests {
     #[test]
     fn padding_free() {
         assert_eq!(size_of::<RunqStats>(), 8 * (4 + HIST_SLOTS));
-        assert_eq!(size_of::<SchedOffsets>(), 32);
+        assert_eq!(size_of::<SchedOffsets>(), 56);
+        assert_eq!(size_of::<PreemptKey>(), 16);
         assert_eq!(size_of::<TaskSeen>(), 24);
     }
 }

@@ -11,6 +11,7 @@
 mod oom;
 mod sched;
 mod syscalls;
+mod task;
 mod tcp;
 
 #[cfg(not(test))]

@@ -5,23 +5,30 @@
 //! rare; a full buffer is counted).
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use hostscope_common::oom::{OomEvent, OomOffsets};
+use hostscope_common::{
+    oom::{OomEvent, OomOffsets},
+    task::CgroupChain,
+};
+
+use crate::task::{cgroup_id, read};
 
 #[unsafe(no_mangle)]
 static OOM_OFFSETS: OomOffsets = OomOffsets {
     task_pid: 0,
     task_tgid: 0,
     task_comm: 0,
-    task_cgroups: 0,
-    css_set_dfl_cgrp: 0,
-    cgroup_kn: 0,
-    kernfs_node_id: 0,
     valid: 0,
+    cgroup: CgroupChain {
+        task_cgroups: 0,
+        css_set_dfl_cgrp: 0,
+        cgroup_kn: 0,
+        kernfs_node_id: 0,
+    },
 };
 
 #[map]
@@ -30,11 +37,6 @@ static OOM_EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
 /// Events lost to a full ring buffer.
 #[map]
 static OOM_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-fn read<T>(base: u64, off: u32) -> Option<T> {
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
-}
 
 #[btf_tracepoint(function = "mark_victim")]
 pub fn oom_victim_task_btf(ctx: BtfTracePointContext) -> i32 {
@@ -68,14 +70,7 @@ fn on_task(task: u64) -> i32 {
     let pid: u32 = read(task, o.task_pid).unwrap_or(0);
     let tgid: u32 = read(task, o.task_tgid).unwrap_or(pid);
     let comm: [u8; 16] = read(task, o.task_comm).unwrap_or([0; 16]);
-    let cgroup_id = read::<u64>(task, o.task_cgroups)
-        .filter(|p| *p != 0)
-        .and_then(|cset| read::<u64>(cset, o.css_set_dfl_cgrp))
-        .filter(|p| *p != 0)
-        .and_then(|cgrp| read::<u64>(cgrp, o.cgroup_kn))
-        .filter(|p| *p != 0)
-        .and_then(|kn| read::<u64>(kn, o.kernfs_node_id))
-        .unwrap_or(0);
+    let cgroup_id = cgroup_id(task, &o.cgroup);
     send(pid, tgid, cgroup_id, comm);
     0
 }

@@ -24,7 +24,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type, task_struct},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         generated::bpf_task_storage_get,
     },
     macros::{btf_map, btf_tracepoint, map, raw_tracepoint},
@@ -32,9 +32,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use hostscope_common::{
-    sched::{RunqStats, SchedOffsets, TaskSeen, drop_reason},
+    sched::{PreemptKey, RunqStats, SchedOffsets, TaskSeen, drop_reason},
     syscalls::slot_of_ns,
+    task::CgroupChain,
 };
+
+use crate::task::{cgroup_id, read};
 
 #[unsafe(no_mangle)]
 static SCHED_OFFSETS: SchedOffsets = SchedOffsets {
@@ -45,6 +48,14 @@ static SCHED_OFFSETS: SchedOffsets = SchedOffsets {
     task_start_time: 0,
     info_valid: 0,
     loaded_ns: 0,
+    cgroup: CgroupChain {
+        task_cgroups: 0,
+        css_set_dfl_cgrp: 0,
+        cgroup_kn: 0,
+        kernfs_node_id: 0,
+    },
+    cgroup_valid: 0,
+    _pad: 0,
 };
 
 /// When each runnable thread became runnable (ns), keyed by its
@@ -127,17 +138,19 @@ static SCHED_STATS: PerCpuHashMap<u32, RunqStats> = PerCpuHashMap::with_max_entr
 #[map]
 static SCHED_STATS_ZERO: PerCpuArray<RunqStats> = PerCpuArray::with_max_entries(1, 0);
 
+/// Involuntary switches per process, by the cgroup of the task that got the
+/// CPU instead (the noisy-neighbour question). Touched only at involuntary
+/// switches, four kernel reads each.
+#[map]
+static SCHED_PREEMPTIONS: PerCpuHashMap<PreemptKey, u64> =
+    PerCpuHashMap::with_max_entries(16384, 0);
+
 #[map]
 static SCHED_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
 
 #[inline(always)]
 fn offsets() -> SchedOffsets {
     unsafe { core::ptr::read_volatile(&SCHED_OFFSETS) }
-}
-
-#[inline(always)]
-fn read<T>(base: u64, off: u32) -> Option<T> {
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup")]
@@ -219,10 +232,15 @@ fn on_switch(preempt: bool, next: u64, prev_state: u32) -> i32 {
     // `prev` is the task still current at this tracepoint. A task switched
     // out while still runnable waits again from now; one that blocked waits
     // from its wake-up. Either way its switch-out is counted when it next
-    // gets a CPU, so nothing per-process is touched here.
+    // gets a CPU; only the cgroup that preempted it is counted now.
     // (The idle task, tid 0, is not timed.)
-    if (preempt || prev_state == 0) && bpf_get_current_pid_tgid() as u32 != 0 {
+    let id = bpf_get_current_pid_tgid();
+    if (preempt || prev_state == 0) && id as u32 != 0 {
         start(unsafe { bpf_get_current_task() }, now | PREEMPTED);
+        let tgid = (id >> 32) as u32;
+        if tgid != agent_tgid() {
+            preempted_by(tgid, next, &o);
+        }
     }
     if next == 0 {
         return 0;
@@ -256,6 +274,7 @@ fn try_sched_switch_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
     unsafe {
         if preempt || prev_state == 0 {
             (*s).involuntary += 1;
+            preempted_by(tgid, ctx.arg(2), &o);
         } else {
             (*s).voluntary += 1;
         }
@@ -316,6 +335,25 @@ fn switched_in(tgid: u32, now: u64, started: u64) {
                 (*s).voluntary += 1;
             }
         }
+    }
+}
+
+/// A thread of process `tgid` was switched off the CPU while runnable and
+/// `next` got it: one more involuntary switch of `tgid` by `next`'s cgroup.
+#[inline(always)]
+fn preempted_by(tgid: u32, next: u64, o: &SchedOffsets) {
+    if o.cgroup_valid == 0 || next == 0 {
+        return;
+    }
+    let key = PreemptKey {
+        tgid,
+        _pad: 0,
+        cgroup_id: cgroup_id(next, &o.cgroup),
+    };
+    if let Some(n) = SCHED_PREEMPTIONS.get_ptr_mut(key) {
+        unsafe { *n += 1 };
+    } else if SCHED_PREEMPTIONS.insert(key, 1, 0).is_err() {
+        count_drop(drop_reason::PREEMPTIONS_MAP_FULL);
     }
 }
 

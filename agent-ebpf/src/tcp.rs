@@ -15,10 +15,7 @@
 //! resolved from the running kernel's BTF (`TCP_OFFSETS`).
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -30,6 +27,8 @@ use hostscope_common::{
         TcpOwner, drop_reason, kind, state,
     },
 };
+
+use crate::task::read;
 
 /// Field offsets of the running kernel (set by the loader).
 #[unsafe(no_mangle)]
@@ -125,11 +124,6 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 fn offsets() -> TcpOffsets {
     // Volatile: the loader rewrites the value, the compiler must not fold it.
     unsafe { core::ptr::read_volatile(&TCP_OFFSETS) }
-}
-
-#[inline(always)]
-fn read<T>(base: u64, off: u32) -> Option<T> {
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
 // ---- retransmits -------------------------------------------------------

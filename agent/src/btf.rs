@@ -296,6 +296,17 @@ impl KernelBtf {
         })
     }
 
+    /// The chain from a task to its cgroup v2 id
+    /// (`task->cgroups->dfl_cgrp->kn->id`).
+    pub fn cgroup_chain(&self) -> Result<hostscope_common::task::CgroupChain, BtfError> {
+        Ok(hostscope_common::task::CgroupChain {
+            task_cgroups: self.offset_of("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: self.offset_of("css_set", "dfl_cgrp")?,
+            cgroup_kn: self.offset_of("cgroup", "kn")?,
+            kernfs_node_id: self.offset_of("kernfs_node", "id")?,
+        })
+    }
+
     /// Whether a named type of any kind exists (e.g. the typedef
     /// `btf_trace_tcp_sendmsg_locked`, present when that tracepoint is).
     pub fn has_type(&self, name: &str) -> bool {

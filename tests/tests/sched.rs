@@ -10,7 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hostscope_tests::{Agent, require_root, target_bin};
+use hostscope_tests::{
+    Agent,
+    cgroup::{Layout, TestCgroup},
+    otlp::{attr, attrs, num, points, process_metrics, resources},
+    require_root, target_bin,
+};
 use serde_json::Value;
 
 /// Busy loops pinned to CPU 0, killed on drop.
@@ -74,7 +79,15 @@ fn sensitive_child(sleeps: u32) -> (u32, Kernel) {
     out.read_line(&mut line).unwrap();
     assert!(line.contains("sleep_ns"), "workload result: {line:?}");
     drop(child.stdin.take()); // it exits once stdin closes
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let kernel = after_exit(pid);
+    child.wait().unwrap();
+    (pid, kernel)
+}
+
+/// The kernel's final accounting of `pid`, a child of this process that
+/// is exiting: read once it is a zombie (not yet reaped), within 30 s.
+fn after_exit(pid: u32) -> Kernel {
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let state = stat
@@ -98,22 +111,19 @@ fn sensitive_child(sleeps: u32) -> (u32, Kernel) {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status:\n{status}"))
     };
-    let kernel = Kernel {
-        run_delay_ns: schedstat
+    let figure = |n: usize, name: &str| -> u64 {
+        schedstat
             .split_whitespace()
-            .nth(1)
+            .nth(n)
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("run_delay in /proc/{pid}/schedstat: {schedstat}")),
-        waits: schedstat
-            .split_whitespace()
-            .nth(2)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("pcount in /proc/{pid}/schedstat: {schedstat}")),
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/schedstat: {schedstat}"))
+    };
+    Kernel {
+        run_delay_ns: figure(1, "run_delay"),
+        waits: figure(2, "pcount"),
         voluntary: field("voluntary_ctxt_switches:"),
         involuntary: field("nonvoluntary_ctxt_switches:"),
-    };
-    child.wait().unwrap();
-    (pid, kernel)
+    }
 }
 
 /// (delay count, delay sum in s, voluntary, involuntary) the agent exported
@@ -392,5 +402,109 @@ fn distribution_agrees_with_runqlat() {
     assert!(
         (a - r).abs() <= 0.10,
         "share of waits of a millisecond or more: agent {a:.3}, runqlat {r:.3}\n{text}"
+    );
+}
+
+/// `hostscope.cpu.preemptions` by preemptor cgroup path, from the last line
+/// that has it on the resource `pick` selects.
+fn preemptions(
+    lines: &[Value],
+    pick: impl Fn(&Value) -> Option<Vec<Value>>,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut last = Default::default();
+    for line in lines {
+        if let Some(metrics) = pick(line) {
+            let by: std::collections::BTreeMap<String, u64> =
+                points(&metrics, "hostscope.cpu.preemptions")
+                    .into_iter()
+                    .map(|p| {
+                        let a = attrs(&p["attributes"]);
+                        (
+                            attr(&a, "hostscope.preemptor.cgroup")
+                                .expect("a preemptor cgroup attribute")
+                                .to_string(),
+                            num(&p["asInt"]),
+                        )
+                    })
+                    .collect();
+            if !by.is_empty() {
+                last = by;
+            }
+        }
+    }
+    last
+}
+
+/// Noisy neighbours: a CPU-bound child in a cgroup of its own shares CPU 0
+/// with two busy loops in another cgroup. Every involuntary switch of the
+/// child is attributed to the cgroup of the task that got the CPU: the
+/// attributions add up exactly to the kernel's `nonvoluntary_ctxt_switches`,
+/// on the process and on its cgroup, and most go to the busy loops' cgroup.
+#[test]
+fn preemptions_are_attributed_to_the_preempting_cgroup() {
+    require_root();
+    let Some(v2) = Layout::detect().v2 else {
+        eprintln!("skipped: no cgroup2 hierarchy mounted (preemptors are cgroup v2 paths)");
+        return;
+    };
+    let tag = std::process::id();
+    let mut noisy = TestCgroup::create(&v2, &format!("hostscope-test-noisy-{tag}"));
+    let victim_cg = TestCgroup::create(&v2, &format!("hostscope-test-victim-{tag}"));
+    let agent = Agent::start(&["--interval", "1", "--slow-threshold", "off"]);
+    agent.stderr.wait_for(
+        "sched signal attached",
+        Duration::from_secs(30),
+        "sched signal",
+    );
+    noisy.spawn_busy(Some(0));
+    noisy.spawn_busy(Some(0));
+    // 300k shell iterations, about 0.7 s of CPU: 2-3 s sharing CPU 0.
+    // The shell joins its cgroup before it execs the loop.
+    let procs = victim_cg.dir.join("cgroup.procs");
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "echo $$ > {} && exec taskset -c 0 sh -c 'i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done'",
+                procs.display()
+            ),
+        ])
+        .spawn()
+        .expect("spawn the victim");
+    let pid = child.id();
+    let kernel = after_exit(pid);
+    child.wait().unwrap();
+    noisy.stop_children();
+    std::thread::sleep(Duration::from_millis(1200));
+    let lines = agent.stop_with(libc::SIGTERM);
+    let on_process = preemptions(&lines, |l| process_metrics(l, pid).map(|(_, m)| m));
+    let on_cgroup = preemptions(&lines, |l| {
+        resources(l)
+            .into_iter()
+            .find(|(a, _)| attr(a, "hostscope.cgroup.path") == Some(victim_cg.path.as_str()))
+            .map(|(_, m)| m)
+    });
+    eprintln!(
+        "pid {pid}: kernel {kernel:?}; preemptions on the process {on_process:?}, on its cgroup {on_cgroup:?}"
+    );
+    let total: u64 = on_process.values().sum();
+    assert_eq!(
+        total, kernel.involuntary,
+        "preemptions of pid {pid} over all preemptor cgroups vs nonvoluntary_ctxt_switches in /proc/{pid}/status: {on_process:?}"
+    );
+    assert_eq!(
+        on_cgroup, on_process,
+        "the victim is alone in {}: its cgroup's preemptions should equal its own",
+        victim_cg.path
+    );
+    // CPU 0 had three runnable nice-0 tasks pinned to it for the victim's
+    // whole life; anything else that ran there (kernel threads, the agent,
+    // other load) is a minority unless the machine is far more loaded than
+    // two cores can serve.
+    let by_noisy = on_process.get(&noisy.path).copied().unwrap_or(0);
+    assert!(
+        by_noisy * 2 > total && total > 0,
+        "most of pid {pid}'s {total} involuntary switches should be to {}: {on_process:?}",
+        noisy.path
     );
 }

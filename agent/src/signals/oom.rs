@@ -60,11 +60,8 @@ pub fn resolve(btf: &KernelBtf) -> Result<(Variant, OomOffsets), OomError> {
             task_pid: off("task_struct", "pid")?,
             task_tgid: off("task_struct", "tgid")?,
             task_comm: off("task_struct", "comm")?,
-            task_cgroups: off("task_struct", "cgroups")?,
-            css_set_dfl_cgrp: off("css_set", "dfl_cgrp")?,
-            cgroup_kn: off("cgroup", "kn")?,
-            kernfs_node_id: off("kernfs_node", "id")?,
             valid: 1,
+            cgroup: btf.cgroup_chain()?,
         })
     })();
     match o {

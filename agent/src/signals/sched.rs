@@ -24,7 +24,7 @@ use aya::{
     Btf, Ebpf,
     maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
-use hostscope_common::sched::{RunqStats, SchedOffsets, drop_reason};
+use hostscope_common::sched::{PreemptKey, RunqStats, SchedOffsets, drop_reason};
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 use thiserror::Error;
 use tracing::{debug, info};
@@ -42,6 +42,7 @@ const DROP_REASONS: [&str; drop_reason::COUNT as usize] = [
     "sched_stats_map_full",
     "sched_start_map_full",
     "sched_task_storage_unavailable",
+    "sched_preemptions_map_full",
 ];
 
 #[derive(Debug, Error)]
@@ -69,6 +70,13 @@ pub fn resolve_offsets(
         loaded_ns,
         ..Default::default()
     };
+    match btf.cgroup_chain() {
+        Ok(c) => {
+            o.cgroup = c;
+            o.cgroup_valid = 1;
+        }
+        Err(e) => info!("sched: preemptions are not attributed to cgroups: {e}"),
+    }
     let info = (|| -> Result<(u32, u32), String> {
         let pcount = btf
             .offset_of("task_struct", "sched_info.pcount")
@@ -118,6 +126,12 @@ fn kernel_keeps_sched_info() -> Result<(), String> {
 /// The attached sched signal.
 pub struct Sched {
     stats: PerCpuHashMap<MapData, u32, RunqStats>,
+    preemptions: PerCpuHashMap<MapData, PreemptKey, u64>,
+    /// Preemptor cgroup ids to paths, kept once resolved so a series'
+    /// attribute never changes (`unknown` when the cgroup was gone before
+    /// it could be resolved).
+    preemptor_paths: StdHashMap<u64, String>,
+    cgroup_paths: CgroupPaths,
     drops: PerCpuArray<MapData, u64>,
     pub programs: Vec<Attached>,
     attached_unix_nano: u64,
@@ -127,12 +141,18 @@ pub struct Sched {
     /// Cumulative totals per cgroup path, and of all kernel threads.
     by_cgroup: BTreeMap<String, RunqStats>,
     kthreads: RunqStats,
+    /// Cumulative involuntary switches by preemptor cgroup path, per
+    /// cgroup path and of all kernel threads.
+    preempted_by_cgroup: BTreeMap<String, BTreeMap<String, u64>>,
+    preempted_kthreads: BTreeMap<String, u64>,
 }
 
 struct Seen {
     kthread: bool,
     cgroup: Option<String>,
     last: RunqStats,
+    /// Involuntary switches by preemptor cgroup id at the last collection.
+    last_preempted: StdHashMap<u64, u64>,
 }
 
 /// Attaches the raw-tracepoint design's three hooks, the wake-ups first
@@ -221,12 +241,17 @@ impl Sched {
         };
         Ok(Self {
             stats: take_map(ebpf, "SCHED_STATS")?,
+            preemptions: take_map(ebpf, "SCHED_PREEMPTIONS")?,
+            preemptor_paths: StdHashMap::new(),
+            cgroup_paths: CgroupPaths::discover(),
             drops: take_map(ebpf, "SCHED_DROPS")?,
             programs,
             attached_unix_nano: now_unix_nano,
             seen: StdHashMap::new(),
             by_cgroup: BTreeMap::new(),
             kthreads: RunqStats::ZERO,
+            preempted_by_cgroup: BTreeMap::new(),
+            preempted_kthreads: BTreeMap::new(),
         })
     }
 
@@ -241,17 +266,45 @@ impl Sched {
             .filter_map(Result::ok)
             .map(|(k, v)| (k, sum(&v)))
             .collect();
+        let mut preempted: StdHashMap<u32, StdHashMap<u64, u64>> = StdHashMap::new();
+        for (k, v) in self.preemptions.iter().filter_map(Result::ok) {
+            *preempted
+                .entry(k.tgid)
+                .or_default()
+                .entry(k.cgroup_id)
+                .or_default() += v.iter().sum::<u64>();
+        }
         let mut gone = Vec::new();
         for (pid, s) in per_pid {
             let seen = self.seen.entry(pid).or_insert_with(|| Seen {
                 kthread: is_kthread(pid),
                 cgroup: cgroup_v2_path(pid),
                 last: RunqStats::ZERO,
+                last_preempted: StdHashMap::new(),
             });
             let delta = diff(&s, &seen.last);
             seen.last = s;
+            // Involuntary switches by preemptor path: cumulative, and the
+            // change since the last collection.
+            let mut by_path: BTreeMap<String, u64> = BTreeMap::new();
+            let mut by_path_delta: BTreeMap<String, u64> = BTreeMap::new();
+            for (id, n) in preempted.remove(&pid).unwrap_or_default() {
+                let path = self
+                    .preemptor_paths
+                    .entry(id)
+                    .or_insert_with(|| {
+                        self.cgroup_paths
+                            .path_of(id)
+                            .unwrap_or_else(|| "unknown".into())
+                    })
+                    .clone();
+                let before = seen.last_preempted.insert(id, n).unwrap_or(0);
+                *by_path_delta.entry(path.clone()).or_default() += n.saturating_sub(before);
+                *by_path.entry(path).or_default() += n;
+            }
             if seen.kthread {
                 add(&mut self.kthreads, &delta);
+                add_counts(&mut self.preempted_kthreads, &by_path_delta);
                 continue;
             }
             if let Some(path) = &seen.cgroup {
@@ -260,6 +313,10 @@ impl Sched {
                         .entry(path.clone())
                         .or_insert(RunqStats::ZERO),
                     &delta,
+                );
+                add_counts(
+                    self.preempted_by_cgroup.entry(path.clone()).or_default(),
+                    &by_path_delta,
                 );
             }
             let info = identity(cache, pid);
@@ -270,20 +327,36 @@ impl Sched {
                 start_unix_nano: self.attached_unix_nano.max(info.creation_time_unix_nano),
                 time_unix_nano: now_unix_nano,
             };
-            out.process(&info).metrics.extend(metrics(&s, w));
+            let m = &mut out.process(&info).metrics;
+            m.extend(metrics(&s, w));
+            m.extend(preemption_metric(&by_path, w));
         }
         let w = Window {
             start_unix_nano: self.attached_unix_nano,
             time_unix_nano: now_unix_nano,
         };
         out.host.extend(metrics(&self.kthreads, w));
+        out.host
+            .extend(preemption_metric(&self.preempted_kthreads, w));
         for (path, s) in &self.by_cgroup {
-            out.cgroups
-                .entry(path.clone())
-                .or_default()
-                .extend(metrics(s, w));
+            let m = out.cgroups.entry(path.clone()).or_default();
+            m.extend(metrics(s, w));
+            if let Some(p) = self.preempted_by_cgroup.get(path) {
+                m.extend(preemption_metric(p, w));
+            }
         }
         self.self_metrics(w, out);
+        if !gone.is_empty() {
+            let keys: Vec<PreemptKey> = self
+                .preemptions
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| gone.contains(&k.tgid))
+                .collect();
+            for k in keys {
+                let _ = self.preemptions.remove(&k);
+            }
+        }
         for pid in gone {
             let _ = self.stats.remove(&pid);
             self.seen.remove(&pid);
@@ -346,6 +419,33 @@ fn add(total: &mut RunqStats, d: &RunqStats) {
     for (t, x) in total.slots.iter_mut().zip(&d.slots) {
         *t += x;
     }
+}
+
+fn add_counts(total: &mut BTreeMap<String, u64>, d: &BTreeMap<String, u64>) {
+    for (k, n) in d {
+        *total.entry(k.clone()).or_default() += n;
+    }
+}
+
+/// `hostscope.cpu.preemptions` by preemptor cgroup path (none if empty).
+fn preemption_metric(by_path: &BTreeMap<String, u64>, w: Window) -> Option<Metric> {
+    (!by_path.is_empty()).then(|| {
+        otlp::counter_metric(
+            "hostscope.cpu.preemptions",
+            "Involuntary context switches, by the cgroup of the task that got the CPU",
+            "{context_switch}",
+            by_path
+                .iter()
+                .map(|(path, n)| {
+                    otlp::int_point(
+                        vec![otlp::kv_str("hostscope.preemptor.cgroup", path.clone())],
+                        w,
+                        *n,
+                    )
+                })
+                .collect(),
+        )
+    })
 }
 
 /// `PF_KTHREAD` in `/proc/<pid>/stat`'s flags (field 9).
