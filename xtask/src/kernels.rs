@@ -247,6 +247,26 @@ fn check(log: &str) -> Result<Vec<String>> {
                 bail!("{kernel}, {mode}: {signal} signal not attached; agent log:\n{stderr}");
             }
         }
+        // The sched signal's design: the kernel's own sched_info with BTF
+        // tracepoints (every kernel here keeps it), its own timing with raw
+        // ones.
+        let waits = stderr
+            .lines()
+            .find(|l| l.contains("sched signal attached"))
+            .and_then(|l| l.split("waits=\"").nth(1))
+            .and_then(|w| w.split('"').next())
+            .unwrap_or("?")
+            .to_string();
+        let want_waits = if *mode == "raw-tp" {
+            "timed at wake-up"
+        } else {
+            "kernel sched_info"
+        };
+        if waits != want_waits {
+            bail!(
+                "{kernel}, {mode}: sched waits {waits:?}, expected {want_waits:?}; agent log:\n{stderr}"
+            );
+        }
         let pid: u64 = workload
             .lines()
             .find_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -279,7 +299,7 @@ fn check(log: &str) -> Result<Vec<String>> {
             .nth(1)
             .unwrap_or("")
             .trim();
-        lines.push(format!("{kernel}, --hook-type {mode}: attached {hooks}; getppid {GETPPID}, fchdir {EBADF}, nanosleep {SLEEPS}: exact; tcp: {tcp}; sched and oom attached"));
+        lines.push(format!("{kernel}, --hook-type {mode}: attached {hooks}; getppid {GETPPID}, fchdir {EBADF}, nanosleep {SLEEPS}: exact; tcp: {tcp}; sched (waits: {waits}) and oom attached"));
     }
     Ok(lines)
 }
