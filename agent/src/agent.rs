@@ -35,6 +35,7 @@ pub struct Agent {
     /// pods, kept current by a watcher task (empty without API access).
     pods: PodMetadata,
     cache: ProcessCache,
+    budget: crate::budget::Budget,
     exporters: Exporters,
     /// Keeps the programs attached; dropping it detaches them.
     _ebpf: Option<Ebpf>,
@@ -81,6 +82,7 @@ impl Agent {
             host: HostInfo::read(),
             pods,
             cache: ProcessCache::new(),
+            budget: crate::budget::Budget::new(cfg.budget.clone()),
             exporters,
             _ebpf: None,
             syscalls: None,
@@ -505,6 +507,8 @@ impl Agent {
         if let Some(c) = self.cgroups.as_mut() {
             c.collect(now, &mut collected);
         }
+        self.budget
+            .apply(&mut collected, now, self.started_unix_nano);
         let t1 = std::time::Instant::now();
         let (metrics, traces) = self.requests(now, collected);
         let t2 = std::time::Instant::now();
@@ -662,6 +666,21 @@ impl Agent {
             }
             attrs.push(otlp::kv_str("hostscope.cgroup.path", path));
             resource_metrics.push(otlp::resource_metrics(attrs, metrics));
+        }
+        for g in collected.groups {
+            let mut attrs = self.host_attributes();
+            if matches!(g.kind, crate::budget::GroupKind::Executable) || g.info.container.is_none()
+            {
+                attrs.push(otlp::kv_str(
+                    "process.executable.name",
+                    g.info.executable_name.clone(),
+                ));
+            }
+            if let Some(c) = &g.info.container {
+                attrs.extend(c.attributes());
+                attrs.extend(self.pods.attributes(c));
+            }
+            resource_metrics.push(otlp::resource_metrics(attrs, g.metrics));
         }
         for batch in collected.processes.into_values() {
             let attrs = self.process_attributes(&batch.info);

@@ -121,6 +121,19 @@ pub struct RunArgs {
     /// Bound on cgroups exported per interval [default: 1024].
     #[arg(long)]
     pub max_cgroups: Option<u32>,
+    /// Series of one per-process metric exported on their own; beyond it,
+    /// they fold into the metric's overflow series
+    /// (otel.metric.overflow=true) [default: 25000].
+    #[arg(long)]
+    pub max_series_per_metric: Option<u32>,
+    /// Series of all per-process metrics together [default: 100000].
+    #[arg(long)]
+    pub max_series: Option<u32>,
+    /// How finely a signal's measurements are exported: SIGNAL=LEVEL with
+    /// SIGNAL syscalls, tcp or sched and LEVEL process, executable or
+    /// container (repeatable) [default: process for each].
+    #[arg(long, value_parser = parse_granularity)]
+    pub granularity: Vec<(crate::budget::SignalKind, crate::budget::Granularity)>,
     /// Do not watch OOM kills.
     #[arg(long)]
     pub no_oom: bool,
@@ -383,6 +396,36 @@ impl RunArgs {
                     .as_ref()
                     .and_then(|s| s.enabled)
                     .unwrap_or(d.oom_enabled),
+            budget: {
+                let db = &d.budget;
+                let lim = f.limits.as_ref();
+                let flag = |k: crate::budget::SignalKind| {
+                    a.granularity
+                        .iter()
+                        .rev()
+                        .find(|(s, _)| *s == k)
+                        .map(|(_, g)| *g)
+                };
+                crate::budget::BudgetConfig {
+                    max_series_per_metric: a
+                        .max_series_per_metric
+                        .or(lim.and_then(|l| l.max_series_per_metric))
+                        .unwrap_or(db.max_series_per_metric),
+                    max_series: a
+                        .max_series
+                        .or(lim.and_then(|l| l.max_series))
+                        .unwrap_or(db.max_series),
+                    syscalls: flag(crate::budget::SignalKind::Syscalls)
+                        .or(sc.and_then(|s| s.granularity))
+                        .unwrap_or(db.syscalls),
+                    tcp: flag(crate::budget::SignalKind::Tcp)
+                        .or(tc.and_then(|t| t.granularity))
+                        .unwrap_or(db.tcp),
+                    sched: flag(crate::budget::SignalKind::Sched)
+                        .or(f.sched.as_ref().and_then(|s| s.granularity))
+                        .unwrap_or(db.sched),
+                }
+            },
             tcp: TcpConfig {
                 enabled: !a.no_tcp && tc.and_then(|t| t.enabled).unwrap_or(dt.enabled),
                 per_connection: a.tcp_per_connection
@@ -475,6 +518,33 @@ fn parse_threshold(s: &str) -> Result<Threshold, String> {
         return Err("a zero threshold would send every syscall; use off to disable".into());
     }
     Ok(Threshold(Some(d)))
+}
+
+/// `SIGNAL=LEVEL` of `--granularity`.
+fn parse_granularity(
+    s: &str,
+) -> Result<(crate::budget::SignalKind, crate::budget::Granularity), String> {
+    use crate::budget::{Granularity, SignalKind};
+    let (signal, level) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected SIGNAL=LEVEL, e.g. syscalls=executable"))?;
+    let signal = match signal.trim() {
+        "syscalls" => SignalKind::Syscalls,
+        "tcp" => SignalKind::Tcp,
+        "sched" => SignalKind::Sched,
+        other => {
+            return Err(format!(
+                "{other:?} is not a signal: expected syscalls, tcp or sched"
+            ));
+        }
+    };
+    let level = <Granularity as clap::ValueEnum>::from_str(level.trim(), false).map_err(|_| {
+        format!(
+            "{:?} is not a granularity: expected process, executable or container",
+            level.trim()
+        )
+    })?;
+    Ok((signal, level))
 }
 
 #[cfg(test)]

@@ -156,6 +156,8 @@ pub struct Config {
     pub sched_enabled: bool,
     /// OOM kills (oom/mark_victim).
     pub oom_enabled: bool,
+    /// Cardinality budgets and per-signal granularity.
+    pub budget: crate::budget::BudgetConfig,
     /// From OTEL_RESOURCE_ATTRIBUTES: added to every resource, except
     /// `service.*` keys, which describe the agent and go on its resource only.
     pub resource_attributes: Vec<(String, String)>,
@@ -271,6 +273,7 @@ impl Default for Config {
             },
             sched_enabled: true,
             oom_enabled: true,
+            budget: crate::budget::BudgetConfig::default(),
             resource_attributes: Vec::new(),
             service_name: "hostscope".to_string(),
         }
@@ -383,6 +386,18 @@ impl Config {
             self.cgroups.max_cgroups.into(),
             1,
             1 << 20,
+        )?;
+        range(
+            "--max-series-per-metric (limits.max_series_per_metric)",
+            self.budget.max_series_per_metric.into(),
+            1,
+            1 << 24,
+        )?;
+        range(
+            "--max-series (limits.max_series)",
+            self.budget.max_series.into(),
+            1,
+            1 << 26,
         )?;
         if let Some(u) = &self.kubernetes.api_url {
             crate::k8s::check_api_url(u).map_err(|reason| ConfigError::Invalid {

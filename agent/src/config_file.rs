@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
-use crate::config::HookPreference;
+use crate::{budget::Granularity, config::HookPreference};
 
 /// Why the file could not be used.
 #[derive(Debug, Error, PartialEq)]
@@ -53,7 +53,8 @@ pub struct FileConfig {
     pub tcp: Option<Tcp>,
     pub cgroups: Option<Cgroups>,
     pub sched: Option<Sched>,
-    pub oom: Option<Sched>,
+    pub oom: Option<Oom>,
+    pub limits: Option<Limits>,
     pub kubernetes: Option<Kubernetes>,
 }
 
@@ -75,6 +76,22 @@ pub struct Kubernetes {
 #[serde(deny_unknown_fields)]
 pub struct Sched {
     pub enabled: Option<bool>,
+    /// `process`, `executable` or `container`.
+    pub granularity: Option<Granularity>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Oom {
+    pub enabled: Option<bool>,
+}
+
+/// `limits:` cardinality budgets (see `crate::budget`).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_series_per_metric: Option<u32>,
+    pub max_series: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -92,6 +109,8 @@ pub struct Tcp {
     pub max_series: Option<u32>,
     pub max_sockets: Option<u32>,
     pub events_per_cpu: Option<u32>,
+    /// `process`, `executable` or `container`.
+    pub granularity: Option<Granularity>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -254,6 +273,8 @@ pub struct Syscalls {
     pub max_series: Option<u32>,
     pub max_error_series: Option<u32>,
     pub max_inflight_threads: Option<u32>,
+    /// `process`, `executable` or `container`.
+    pub granularity: Option<Granularity>,
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -501,6 +522,10 @@ impl Loaded {
             "tcp.max_sockets" => f.tcp.as_ref()?.max_sockets.map(u64::from),
             "tcp.events_per_cpu" => f.tcp.as_ref()?.events_per_cpu.map(u64::from),
             "cgroups.max_cgroups" => f.cgroups.as_ref()?.max_cgroups.map(u64::from),
+            "limits.max_series_per_metric" => {
+                f.limits.as_ref()?.max_series_per_metric.map(u64::from)
+            }
+            "limits.max_series" => f.limits.as_ref()?.max_series.map(u64::from),
             _ => None,
         }
     }

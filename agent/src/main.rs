@@ -2,6 +2,7 @@
 
 mod agent;
 mod btf;
+mod budget;
 mod cli;
 mod config;
 mod config_file;

@@ -31,6 +31,16 @@ pub fn kv_str(key: &str, value: impl Into<String>) -> KeyValue {
     }
 }
 
+pub fn kv_bool(key: &str, value: bool) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::BoolValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn kv_int(key: &str, value: i64) -> KeyValue {
     KeyValue {
         key: key.into(),

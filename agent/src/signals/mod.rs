@@ -27,6 +27,9 @@ pub struct Collected {
     pub host_spans: Vec<Span>,
     /// Per-cgroup metrics, by path relative to the cgroup hierarchy's root.
     pub cgroups: BTreeMap<String, Vec<Metric>>,
+    /// Per-process series summed per executable or container (see
+    /// `crate::budget`).
+    pub groups: Vec<crate::budget::GroupBatch>,
 }
 
 pub struct ProcessBatch {
