@@ -95,6 +95,10 @@ fn main() {
             };
             series(procs, k);
         }
+        Some("storm") => {
+            let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+            storm(n);
+        }
         Some("tcp-sink") => tcp_sink(&args[1..]),
         Some("tcp-send") => tcp_send(&args[1..]),
         Some("tcp-connect") => tcp_connect(&args[1..]),
@@ -106,11 +110,38 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: hostscope-workload mix [--getppid N] [--sleeps K] [--sleep-ms M] [--ebadf F] [--enoent E] | getppid-loop N | series P K | pingpong N | tcp-sink --listen ADDR:PORT [--send N] | tcp-send --connect ADDR:PORT [--bytes N] [--recv] | tcp-connect --connect ADDR:PORT --timeout-ms T | tcp-bulk --bytes N [--write-size W] | tcp-rr --count N [--size S] [--one-cpu]"
+                "usage: hostscope-workload mix [--getppid N] [--sleeps K] [--sleep-ms M] [--ebadf F] [--enoent E] | getppid-loop N | series P K | storm N | pingpong N | tcp-sink --listen ADDR:PORT [--send N] | tcp-send --connect ADDR:PORT [--bytes N] [--recv] | tcp-connect --connect ADDR:PORT --timeout-ms T | tcp-bulk --bytes N [--write-size W] | tcp-rr --count N [--size S] [--one-cpu]"
             );
             std::process::exit(2);
         }
     }
+}
+
+/// A fork storm: N children, one after another, each making exactly one
+/// `getppid` and exiting (`_exit`, so no other syscall returns). Prints
+/// `{"children":N,"elapsed_ns":..}`.
+fn storm(n: u64) {
+    let t = Instant::now();
+    for _ in 0..n {
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                libc::syscall(libc::SYS_getppid);
+                libc::_exit(0);
+            },
+            -1 => {
+                eprintln!("fork: {}", std::io::Error::last_os_error());
+                std::process::exit(1);
+            }
+            pid => {
+                let mut status = 0;
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+            }
+        }
+    }
+    println!(
+        "{{\"children\":{n},\"elapsed_ns\":{}}}",
+        t.elapsed().as_nanos()
+    );
 }
 
 fn pingpong(n: u64) -> f64 {
