@@ -234,14 +234,13 @@ fn executable_granularity_sums_the_processes_of_an_executable() {
             let pid = attr(&attrs, "process.pid");
             if pid.is_none()
                 && attr(&attrs, "process.executable.name") == Some("hostscope-workload")
-            {
-                if let Some(p) = point(
+                && let Some(p) = point(
                     &metrics,
                     "hostscope.syscall.duration",
                     &[("syscall.name", "getppid")],
-                ) {
-                    group = Some(num(&p["count"]));
-                }
+                )
+            {
+                group = Some(num(&p["count"]));
             }
             if pid.is_some_and(|p| pids.iter().any(|x| x == p)) {
                 per_process_syscalls += metrics
