@@ -562,6 +562,118 @@ fn percent_encode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The file's keys, found by asking the parser: an unknown key's error
+    /// lists the known ones of its section.
+    fn keys(prefix: &str) -> Vec<String> {
+        let probe = "zz_not_a_key";
+        let yaml = if prefix.is_empty() {
+            format!("{probe}: 1")
+        } else {
+            let mut y = format!("{probe}: 1");
+            for part in prefix.split('.').rev() {
+                y = format!("{part}: {{ {y} }}");
+            }
+            y
+        };
+        let Err(FileError::Invalid { reason, .. }) = Loaded::parse("f.yaml", &yaml) else {
+            return Vec::new();
+        };
+        // "unknown field `x`, expected `a`", "... expected `a` or `b`",
+        // "... expected one of `a`, `b`, ..."; anything else: a leaf.
+        if !reason.contains("unknown field") {
+            return Vec::new();
+        }
+        let Some((_, list)) = reason.split_once(", expected") else {
+            return Vec::new();
+        };
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|k| {
+                if prefix.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{prefix}.{k}")
+                }
+            })
+            .collect()
+    }
+
+    fn all_keys(prefix: &str, out: &mut Vec<String>) {
+        for k in keys(prefix) {
+            let before = out.len();
+            all_keys(&k, out);
+            if out.len() == before {
+                out.push(k);
+            }
+        }
+    }
+
+    /// docs/configuration.md is the one reference: every file key and every
+    /// flag of `hostscope run` has a row there, and every key and flag named
+    /// there exists.
+    #[test]
+    fn the_reference_names_every_key_and_flag() {
+        let doc = include_str!("../../docs/configuration.md");
+        let reference = doc
+            .split("\n## Reference")
+            .nth(1)
+            .and_then(|r| r.split("\n## ").next())
+            .expect("a Reference section");
+        let table: Vec<&str> = reference
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| file key"))
+            .collect();
+        let documented_keys: Vec<String> = table
+            .iter()
+            .filter_map(|l| l.split('|').nth(1))
+            .flat_map(|cell| cell.split('`').skip(1).step_by(2).map(str::to_string))
+            .collect();
+        let mut code_keys = Vec::new();
+        all_keys("", &mut code_keys);
+        assert!(code_keys.len() > 40, "found only {code_keys:?}");
+        let covered = |k: &str| {
+            documented_keys.iter().any(|d| {
+                d == k
+                    || d.strip_suffix(".*")
+                        .is_some_and(|p| k.starts_with(&format!("{p}.")))
+            })
+        };
+        let missing: Vec<&String> = code_keys.iter().filter(|k| !covered(k)).collect();
+        assert!(
+            missing.is_empty(),
+            "file keys without a row in docs/configuration.md: {missing:?}"
+        );
+        for d in &documented_keys {
+            let k = d.trim_end_matches(".*");
+            assert!(
+                code_keys
+                    .iter()
+                    .any(|c| c == k || c.starts_with(&format!("{k}."))),
+                "docs/configuration.md names a file key the parser does not know: {d}"
+            );
+        }
+
+        let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+        let run = cmd.find_subcommand("run").expect("run subcommand");
+        let flags: Vec<String> = run
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| *l != "help")
+            .map(|l| format!("--{l}"))
+            .collect();
+        let mentioned = |f: &str| {
+            doc.match_indices(f).any(|(i, _)| {
+                !doc[i + f.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+            })
+        };
+        let undocumented: Vec<&String> = flags.iter().filter(|f| !mentioned(f)).collect();
+        assert!(
+            undocumented.is_empty(),
+            "flags of hostscope run missing from docs/configuration.md: {undocumented:?}"
+        );
+    }
+
     #[test]
     fn full_file_maps_onto_the_standard_variables() {
         let l = Loaded::parse(
