@@ -54,7 +54,15 @@ pub struct Agent {
     /// attaching is handled (flush and clean exit) once the loop runs.
     sigint: tokio::signal::unix::Signal,
     sigterm: tokio::signal::unix::Signal,
+    /// SIGHUP: re-read the configuration (`reload`).
+    sighup: tokio::signal::unix::Signal,
+    /// Builds the configuration again from the same flags, file and
+    /// environment; None: nothing to reload from.
+    reload: Option<Reload>,
 }
+
+/// Builds the configuration again (for SIGHUP).
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError>>;
 
 impl Agent {
     /// Starts the HTTP listener, loads and attaches what it can (a signal
@@ -64,6 +72,7 @@ impl Agent {
     pub fn start(cfg: Config) -> Result<Self> {
         let sigint = signal(SignalKind::interrupt())?;
         let sigterm = signal(SignalKind::terminate())?;
+        let sighup = signal(SignalKind::hangup())?;
         let started_unix_nano = identity::now_unix_nano();
         let exporters = Exporters::start(&cfg);
         let health = Health::new(cfg.interval);
@@ -95,6 +104,8 @@ impl Agent {
             health,
             sigint,
             sigterm,
+            sighup,
+            reload: None,
             cfg,
         };
         agent.load();
@@ -420,6 +431,71 @@ impl Agent {
         }
     }
 
+    /// Lets SIGHUP re-read the configuration with `reload`.
+    pub fn with_reload(mut self, reload: Reload) -> Self {
+        self.reload = Some(reload);
+        self
+    }
+
+    /// SIGHUP: builds the configuration again and applies what can change
+    /// while running (the interval, cardinality limits and granularities,
+    /// the cgroup bound); a change to anything else is reported as needing
+    /// a restart and not applied. A configuration that does not build is
+    /// reported and the running one kept. Returns the new interval, if it
+    /// changed.
+    fn reload(&mut self) -> Option<Duration> {
+        let Some(build) = self.reload.as_ref() else {
+            info!("SIGHUP: no configuration to reload from; ignored");
+            return None;
+        };
+        let new = match build() {
+            Ok(c) => c,
+            Err(e) => {
+                error!("SIGHUP: configuration not reloaded, the running one is kept: {e}");
+                return None;
+            }
+        };
+        let mut applied = Vec::new();
+        let old_interval = self.cfg.interval;
+        if new.interval != self.cfg.interval {
+            applied.push("interval");
+        }
+        if new.budget != self.cfg.budget {
+            applied.push("limits and granularity");
+            self.budget.set_config(new.budget.clone());
+        }
+        if new.cgroups.max_cgroups != self.cfg.cgroups.max_cgroups {
+            applied.push("cgroups.max_cgroups");
+            if let Some(c) = self.cgroups.as_mut() {
+                c.set_max_cgroups(new.cgroups.max_cgroups);
+            }
+        }
+        let restart = crate::config::needs_restart(&self.cfg, &new);
+        for what in &restart {
+            warn!(
+                "SIGHUP: {what} changed; it takes effect only after a restart (running value kept)"
+            );
+        }
+        let mut kept = self.cfg.clone();
+        kept.interval = new.interval;
+        kept.budget = new.budget;
+        kept.cgroups.max_cgroups = new.cgroups.max_cgroups;
+        self.cfg = kept;
+        if applied.is_empty() {
+            info!(
+                needs_restart = restart.len(),
+                "SIGHUP: configuration reloaded; nothing that can change at run time changed"
+            );
+        } else {
+            info!(
+                applied = applied.join(", "),
+                needs_restart = restart.len(),
+                "SIGHUP: configuration reloaded"
+            );
+        }
+        (self.cfg.interval != old_interval).then_some(self.cfg.interval)
+    }
+
     /// Runs until the configured duration ends or SIGINT/SIGTERM arrives, then
     /// exports the last interval and detaches.
     pub async fn run(mut self) -> Result<()> {
@@ -457,6 +533,13 @@ impl Agent {
                 () = events => {}
                 () = tcp_events => {}
                 () = oom_events => {}
+                _ = self.sighup.recv() => {
+                    if let Some(every) = self.reload() {
+                        ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        self.health.set_interval(every);
+                    }
+                }
                 _ = self.sigint.recv() => {
                     info!("SIGINT: flushing and detaching");
                     self.health.stopping("SIGINT");

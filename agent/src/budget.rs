@@ -312,6 +312,14 @@ impl Budget {
         }
     }
 
+    /// New limits and granularities (SIGHUP). Series already admitted keep
+    /// their places; new ones are admitted against the new limits. A
+    /// signal whose granularity changed starts its summed series afresh
+    /// from its members' totals.
+    pub fn set_config(&mut self, cfg: BudgetConfig) {
+        self.cfg = cfg;
+    }
+
     fn intern(&mut self, name: &str) -> Arc<str> {
         if let Some(n) = self.names.get(name) {
             return n.clone();

@@ -54,7 +54,7 @@ pub enum FloorHooks {
     Tcp,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct RunArgs {
     /// Where to send metrics and traces (repeatable). Without it,
     /// OTEL_METRICS_EXPORTER and OTEL_TRACES_EXPORTER decide (default otlp).

@@ -295,6 +295,54 @@ impl Default for SyscallsConfig {
     }
 }
 
+/// The settings that differ between `old` and `new` and take effect only
+/// at start (everything but the interval, the cardinality limits and
+/// granularities, and the cgroup bound), named as in the reference.
+pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |differs: bool, name: &'static str| {
+        if differs {
+            out.push(name);
+        }
+    };
+    check(old.duration != new.duration, "--duration");
+    check(
+        old.metrics_exporters != new.metrics_exporters
+            || old.traces_exporters != new.traces_exporters,
+        "exporters",
+    );
+    check(
+        old.otlp_metrics != new.otlp_metrics || old.otlp_traces != new.otlp_traces,
+        "otlp",
+    );
+    check(old.listen != new.listen, "listen");
+    check(
+        old.keep_capabilities != new.keep_capabilities,
+        "keep_capabilities",
+    );
+    check(
+        old.export_queue_bytes != new.export_queue_bytes
+            || old.export_max_request_bytes != new.export_max_request_bytes
+            || old.shutdown_timeout != new.shutdown_timeout,
+        "export",
+    );
+    check(old.hook_type != new.hook_type, "hook_type");
+    check(old.syscalls != new.syscalls, "syscalls");
+    check(old.tcp != new.tcp, "tcp");
+    check(
+        old.cgroups.enabled != new.cgroups.enabled,
+        "cgroups.enabled",
+    );
+    check(old.kubernetes != new.kubernetes, "kubernetes");
+    check(old.sched_enabled != new.sched_enabled, "sched.enabled");
+    check(old.oom_enabled != new.oom_enabled, "oom.enabled");
+    check(
+        old.resource_attributes != new.resource_attributes || old.service_name != new.service_name,
+        "resource",
+    );
+    out
+}
+
 /// A setting that cannot work, named with the offending value.
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {

@@ -51,8 +51,9 @@ enum Phase {
 /// State shared between the main loop (which writes it) and the listener.
 pub struct Health {
     started: Instant,
-    /// Liveness limit: 3 intervals plus [`LIVENESS_GRACE`].
-    stale_after: Duration,
+    /// Liveness limit: 3 intervals plus [`LIVENESS_GRACE`], in ms (the
+    /// interval can change on SIGHUP).
+    stale_after_ms: AtomicU64,
     /// Milliseconds from `started` to the last completed interval (0: none yet).
     last_beat_ms: AtomicU64,
     phase: Mutex<Phase>,
@@ -69,10 +70,22 @@ impl Health {
     pub fn new(interval: Duration) -> Arc<Self> {
         Arc::new(Self {
             started: Instant::now(),
-            stale_after: interval.saturating_mul(3).saturating_add(LIVENESS_GRACE),
+            stale_after_ms: AtomicU64::new(Self::stale_ms(interval)),
             last_beat_ms: AtomicU64::new(0),
             phase: Mutex::new(Phase::Attaching),
         })
+    }
+
+    fn stale_ms(interval: Duration) -> u64 {
+        interval
+            .saturating_mul(3)
+            .saturating_add(LIVENESS_GRACE)
+            .as_millis() as u64
+    }
+
+    /// The interval changed (SIGHUP): liveness allows 3 of the new ones.
+    pub fn set_interval(&self, interval: Duration) {
+        self.stale_after_ms.store(Self::stale_ms(interval), Relaxed);
     }
 
     /// Every enabled signal attached or failed for good; `summary` says which.
@@ -108,14 +121,15 @@ impl Health {
         } else {
             ("completed an interval", since_start.saturating_sub(beat))
         };
-        if age > self.stale_after {
+        let stale_after = Duration::from_millis(self.stale_after_ms.load(Relaxed));
+        if age > stale_after {
             Answer {
                 status: 503,
                 body: format!(
                     "not alive: the main loop last {what} {:.1} s ago, more than the limit of \
                      {} s (3 intervals + {} s)\n",
                     age.as_secs_f64(),
-                    self.stale_after.as_secs(),
+                    stale_after.as_secs(),
                     LIVENESS_GRACE.as_secs()
                 ),
             }

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => {
             let env = |name: &str| std::env::var(name).ok();
+            let again = args.clone();
             let cfg = match args.into_config(&env) {
                 Ok(cfg) => cfg,
                 Err(e) => {
@@ -55,7 +56,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime.block_on(async { agent::Agent::start(cfg)?.run().await })
+            // SIGHUP builds it again from the same flags, file and
+            // environment.
+            let reload: agent::Reload = Box::new(move || {
+                let env = |name: &str| std::env::var(name).ok();
+                again.clone().into_config(&env)
+            });
+            runtime.block_on(async { agent::Agent::start(cfg)?.with_reload(reload).run().await })
         }
         Command::BenchFloor { duration, hooks } => {
             runtime.block_on(agent::bench_floor(duration, hooks))

@@ -368,6 +368,7 @@ fn systemd_unit_verifies_with_the_least_privilege() {
             "ExecStart",
             "/usr/local/bin/hostscope run --config /etc/hostscope/config.yaml",
         ),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
     ] {
         assert_eq!(
             s.get(key).map(String::as_str),

@@ -294,6 +294,11 @@ impl Cgroups {
     }
 
     /// Reads the host's pressure and every cgroup into `out`.
+    /// A new bound on cgroups exported per interval (SIGHUP).
+    pub fn set_max_cgroups(&mut self, n: u32) {
+        self.max_cgroups = n as usize;
+    }
+
     pub fn collect(&mut self, now_unix_nano: u64, out: &mut Collected) {
         let w = Window {
             start_unix_nano: self.attached_unix_nano,
