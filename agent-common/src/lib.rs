@@ -6,6 +6,7 @@
 //! feature the types implement `aya::Pod`.
 #![no_std]
 
+pub mod filter;
 pub mod oom;
 pub mod sched;
 pub mod syscalls;

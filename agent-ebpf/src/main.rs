@@ -8,6 +8,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod filter;
 mod oom;
 mod sched;
 mod syscalls;

@@ -266,8 +266,9 @@ fn try_sched_switch_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let prev_state = ctx.arg::<u64>(3) as u32;
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    // The idle task (tid 0) is not counted, nor the agent.
-    if id as u32 == 0 || prev == 0 || tgid == agent_tgid() {
+    // The idle task (tid 0) is not counted, nor the agent, nor what the
+    // cgroup filter leaves out.
+    if id as u32 == 0 || prev == 0 || tgid == agent_tgid() || crate::filter::current_excluded() {
         return Ok(());
     }
     let s = entry(tgid).ok_or(())?;

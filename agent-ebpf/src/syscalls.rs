@@ -178,7 +178,7 @@ fn agent_tgid() -> u32 {
 #[inline(always)]
 fn try_enter<const FAST: bool>(nr: i64) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == agent_tgid() {
+    if (pid_tgid >> 32) as u32 == agent_tgid() || crate::filter::current_excluded() {
         return Ok(());
     }
     let ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -259,7 +259,7 @@ fn take_start<const FAST: bool>(pid_tgid: u64) -> Option<(u64, u32)> {
 fn try_exit<const FAST: bool>(ret: i64) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if tgid == agent_tgid() {
+    if tgid == agent_tgid() || crate::filter::current_excluded() {
         return Ok(());
     }
     let Some((start_ns, nr)) = take_start::<FAST>(pid_tgid) else {

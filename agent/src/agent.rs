@@ -36,6 +36,8 @@ pub struct Agent {
     pods: PodMetadata,
     cache: ProcessCache,
     budget: crate::budget::Budget,
+    /// The kernel's cgroup filter, refreshed every interval.
+    cgroup_filter: Option<crate::filter::CgroupFilter>,
     exporters: Exporters,
     /// Keeps the programs attached; dropping it detaches them.
     _ebpf: Option<Ebpf>,
@@ -92,6 +94,7 @@ impl Agent {
             pods,
             cache: ProcessCache::new(),
             budget: crate::budget::Budget::new(cfg.budget.clone()),
+            cgroup_filter: None,
             exporters,
             _ebpf: None,
             syscalls: None,
@@ -257,6 +260,7 @@ impl Agent {
             tcp_sockets: self.cfg.tcp.max_sockets,
             sched_offsets,
             oom_offsets: oom_variant.map(|(_, o)| o).unwrap_or_default(),
+            filter_mode: self.cfg.filter.mode(),
         };
         let mut obj = match ebpf::load(&settings) {
             Ok(obj) => obj,
@@ -265,6 +269,15 @@ impl Agent {
                 return;
             }
         };
+        // The filter is filled before anything is attached, so filtered
+        // tasks are never measured.
+        match crate::filter::CgroupFilter::start(&mut obj, &self.cfg.filter) {
+            Ok(f) => self.cgroup_filter = f,
+            Err(e) => {
+                error!("no signal attached: {e}");
+                return;
+            }
+        }
         let btf = ebpf::kernel_btf();
         if settings.tcp_offsets.valid == 1 {
             match Tcp::start(
@@ -590,6 +603,31 @@ impl Agent {
         if let Some(c) = self.cgroups.as_mut() {
             c.collect(now, &mut collected);
         }
+        if let Some(f) = self.cgroup_filter.as_mut() {
+            f.refresh();
+            collected.agent.push(otlp::counter_metric(
+                "hostscope.agent.dropped",
+                "Measurements lost, by where they were lost",
+                "{event}",
+                vec![otlp::int_point(
+                    vec![otlp::kv_str(
+                        "hostscope.drop.reason",
+                        "cgroup_filter_map_full",
+                    )],
+                    Window {
+                        start_unix_nano: self.started_unix_nano,
+                        time_unix_nano: now,
+                    },
+                    f.over_capacity,
+                )],
+            ));
+        }
+        if !self.cfg.filter.exclude_processes.is_empty() {
+            let names = &self.cfg.filter.exclude_processes;
+            collected
+                .processes
+                .retain(|_, b| !names.contains(&b.info.executable_name));
+        }
         self.budget
             .apply(&mut collected, now, self.started_unix_nano);
         let t1 = std::time::Instant::now();
@@ -817,6 +855,7 @@ pub async fn bench_floor(duration: Duration, hooks: crate::cli::FloorHooks) -> R
         tcp_sockets: 256,
         sched_offsets: Default::default(),
         oom_offsets: Default::default(),
+        filter_mode: hostscope_common::filter::MODE_OFF,
     };
     let mut obj = ebpf::load(&settings)?;
     let btf = ebpf::kernel_btf().context("bench-floor needs kernel BTF")?;

@@ -129,6 +129,17 @@ pub struct RunArgs {
     /// Series of all per-process metrics together [default: 100000].
     #[arg(long)]
     pub max_series: Option<u32>,
+    /// Measure only tasks in this cgroup v2 subtree (a path from the cgroup2
+    /// root, e.g. /kubepods.slice; repeatable), filtered in the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub include_cgroup: Vec<String>,
+    /// Do not measure tasks in this cgroup v2 subtree (repeatable), filtered
+    /// in the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub exclude_cgroup: Vec<String>,
+    /// Do not export processes with this executable name (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub exclude_process: Vec<String>,
     /// How finely a signal's measurements are exported: SIGNAL=LEVEL with
     /// SIGNAL syscalls, tcp or sched and LEVEL process, executable or
     /// container (repeatable) [default: process for each].
@@ -396,6 +407,30 @@ impl RunArgs {
                     .as_ref()
                     .and_then(|s| s.enabled)
                     .unwrap_or(d.oom_enabled),
+            filter: {
+                let ff = f.filter.as_ref();
+                let pick = |flag: &Vec<String>, file: Option<&Vec<String>>| {
+                    if flag.is_empty() {
+                        file.cloned().unwrap_or_default()
+                    } else {
+                        flag.clone()
+                    }
+                };
+                crate::filter::FilterConfig {
+                    include_cgroups: pick(
+                        &a.include_cgroup,
+                        ff.and_then(|x| x.include_cgroups.as_ref()),
+                    ),
+                    exclude_cgroups: pick(
+                        &a.exclude_cgroup,
+                        ff.and_then(|x| x.exclude_cgroups.as_ref()),
+                    ),
+                    exclude_processes: pick(
+                        &a.exclude_process,
+                        ff.and_then(|x| x.exclude_processes.as_ref()),
+                    ),
+                }
+            },
             budget: {
                 let db = &d.budget;
                 let lim = f.limits.as_ref();

@@ -158,6 +158,8 @@ pub struct Config {
     pub oom_enabled: bool,
     /// Cardinality budgets and per-signal granularity.
     pub budget: crate::budget::BudgetConfig,
+    /// What is not measured (cgroups in the kernel, processes by name).
+    pub filter: crate::filter::FilterConfig,
     /// From OTEL_RESOURCE_ATTRIBUTES: added to every resource, except
     /// `service.*` keys, which describe the agent and go on its resource only.
     pub resource_attributes: Vec<(String, String)>,
@@ -274,6 +276,7 @@ impl Default for Config {
             sched_enabled: true,
             oom_enabled: true,
             budget: crate::budget::BudgetConfig::default(),
+            filter: crate::filter::FilterConfig::default(),
             resource_attributes: Vec::new(),
             service_name: "hostscope".to_string(),
         }
@@ -336,6 +339,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.kubernetes != new.kubernetes, "kubernetes");
     check(old.sched_enabled != new.sched_enabled, "sched.enabled");
     check(old.oom_enabled != new.oom_enabled, "oom.enabled");
+    check(old.filter != new.filter, "filter");
     check(
         old.resource_attributes != new.resource_attributes || old.service_name != new.service_name,
         "resource",
@@ -453,6 +457,10 @@ impl Config {
                 reason,
             })?;
         }
+        self.filter.check().map_err(|reason| ConfigError::Invalid {
+            name: "--include-cgroup, --exclude-cgroup, --exclude-process (filter.*)",
+            reason,
+        })?;
         if self.kubernetes.labels.iter().any(|l| l.trim().is_empty()) {
             return Err(ConfigError::Invalid {
                 name: "--k8s-label (kubernetes.labels)",

@@ -55,6 +55,7 @@ pub struct FileConfig {
     pub sched: Option<Sched>,
     pub oom: Option<Oom>,
     pub limits: Option<Limits>,
+    pub filter: Option<Filter>,
     pub kubernetes: Option<Kubernetes>,
 }
 
@@ -84,6 +85,15 @@ pub struct Sched {
 #[serde(deny_unknown_fields)]
 pub struct Oom {
     pub enabled: Option<bool>,
+}
+
+/// `filter:` what is not measured (see `crate::filter`).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub include_cgroups: Option<Vec<String>>,
+    pub exclude_cgroups: Option<Vec<String>>,
+    pub exclude_processes: Option<Vec<String>>,
 }
 
 /// `limits:` cardinality budgets (see `crate::budget`).

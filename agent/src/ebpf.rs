@@ -124,6 +124,8 @@ pub struct LoadSettings {
     pub sched_offsets: hostscope_common::sched::SchedOffsets,
     /// Task offsets for the OOM program's task variant.
     pub oom_offsets: hostscope_common::oom::OomOffsets,
+    /// `hostscope_common::filter::MODE_*`.
+    pub filter_mode: u32,
 }
 
 /// Raises RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to.
@@ -170,7 +172,8 @@ pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
         .map_max_entries("TCP_STATS", s.tcp_series)
         .map_max_entries("TCP_OWNERS", s.tcp_sockets)
         .override_global("SCHED_OFFSETS", &s.sched_offsets, true)
-        .override_global("OOM_OFFSETS", &s.oom_offsets, true);
+        .override_global("OOM_OFFSETS", &s.oom_offsets, true)
+        .override_global("FILTER_MODE", &s.filter_mode, true);
     // Kernels before 5.11 have no task storage: the object would not load
     // at all. There the sched programs use raw tracepoints (see
     // `signals::sched`), which do not touch TASK_SCHED_SEEN, so it is

@@ -9,6 +9,7 @@ mod config_file;
 mod container;
 mod ebpf;
 mod export;
+mod filter;
 mod health;
 mod identity;
 mod k8s;

@@ -564,7 +564,7 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 
 /// Every cgroup directory under `root`: inode -> path relative to `root`
 /// (`/` for the root itself).
-fn walk(root: &Path) -> StdHashMap<u64, String> {
+pub(crate) fn walk(root: &Path) -> StdHashMap<u64, String> {
     use std::os::unix::fs::MetadataExt;
     let mut out = StdHashMap::new();
     let mut stack = vec![root.to_path_buf()];
