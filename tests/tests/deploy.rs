@@ -272,7 +272,8 @@ fn kubernetes_manifests_validate_and_render_least_privilege() {
         &json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}})
     );
 
-    // Every mount read-only; host paths exactly the cgroup tree and BTF.
+    // Every mount read-only; host paths exactly the cgroup tree, BTF and the
+    // machine id.
     let mounts = c["volumeMounts"].as_array().expect("volumeMounts");
     for m in mounts {
         assert_eq!(m["readOnly"], true, "mount not read-only: {m}");
@@ -290,7 +291,8 @@ fn kubernetes_manifests_validate_and_render_least_privilege() {
         host_paths,
         BTreeSet::from([
             ("/sys/fs/cgroup", "/sys/fs/cgroup"),
-            ("/sys/kernel/btf", "/sys/kernel/btf")
+            ("/sys/kernel/btf", "/sys/kernel/btf"),
+            ("/etc/machine-id", "/etc/machine-id"),
         ]),
         "host paths and where they are mounted"
     );
