@@ -8,6 +8,7 @@
 
 pub mod filter;
 pub mod oom;
+pub mod procs;
 pub mod sched;
 pub mod syscalls;
 pub mod task;

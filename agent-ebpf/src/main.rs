@@ -10,6 +10,7 @@
 
 mod filter;
 mod oom;
+mod procs;
 mod sched;
 mod syscalls;
 mod task;

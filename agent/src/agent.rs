@@ -92,7 +92,14 @@ impl Agent {
         let mut agent = Self {
             host: HostInfo::read(),
             pods,
-            cache: ProcessCache::new(),
+            cache: {
+                let mut c = ProcessCache::new();
+                c.set_command_line(
+                    cfg.command_line
+                        .then_some(cfg.command_line_max_bytes as usize),
+                );
+                c
+            },
             budget: crate::budget::Budget::new(cfg.budget.clone()),
             cgroup_filter: None,
             exporters,
@@ -261,6 +268,15 @@ impl Agent {
             sched_offsets,
             oom_offsets: oom_variant.map(|(_, o)| o).unwrap_or_default(),
             filter_mode: self.cfg.filter.mode(),
+            proc_offsets: crate::btf::KernelBtf::load()
+                .and_then(|btf| crate::signals::procs::resolve_offsets(&btf))
+                .unwrap_or_else(|e| {
+                    warn!(
+                        "process identity from fork and exec events is off ({e}); processes \
+                         gone before procfs is read are named by comm"
+                    );
+                    Default::default()
+                }),
         };
         let mut obj = match ebpf::load(&settings) {
             Ok(obj) => obj,
@@ -279,6 +295,24 @@ impl Agent {
             }
         }
         let btf = ebpf::kernel_btf();
+        // Identity first: processes born while the signals attach are
+        // recorded too.
+        if settings.proc_offsets.valid == 1 {
+            match crate::signals::procs::start(&mut obj, btf.as_ref(), self.cfg.hook_type) {
+                Ok((programs, records)) => {
+                    info!(
+                        hook = programs[0].hook.as_str(),
+                        "process identity from fork and exec events attached"
+                    );
+                    self.cache.set_kernel_records(records);
+                    self.attached.extend(programs);
+                }
+                Err(e) => warn!(
+                    "process identity from fork and exec events not attached ({e}); processes \
+                     gone before procfs is read are named by comm"
+                ),
+            }
+        }
         if settings.tcp_offsets.valid == 1 {
             match Tcp::start(
                 &mut obj,
@@ -603,6 +637,7 @@ impl Agent {
         if let Some(c) = self.cgroups.as_mut() {
             c.collect(now, &mut collected);
         }
+        self.cache.end_interval();
         if let Some(f) = self.cgroup_filter.as_mut() {
             f.refresh();
             collected.agent.push(otlp::counter_metric(
@@ -714,6 +749,15 @@ impl Agent {
                 "process.creation.time",
                 info.creation_time_iso8601(),
             ));
+        }
+        if let Some(ppid) = info.parent_pid {
+            attrs.push(otlp::kv_int("process.parent_pid", ppid.into()));
+        }
+        if let Some(owner) = &info.owner {
+            attrs.push(otlp::kv_str("process.owner", owner.clone()));
+        }
+        if let Some(line) = &info.command_line {
+            attrs.push(otlp::kv_str("process.command_line", line.clone()));
         }
         if let Some(c) = &info.container {
             attrs.extend(c.attributes());
@@ -856,6 +900,7 @@ pub async fn bench_floor(duration: Duration, hooks: crate::cli::FloorHooks) -> R
         sched_offsets: Default::default(),
         oom_offsets: Default::default(),
         filter_mode: hostscope_common::filter::MODE_OFF,
+        proc_offsets: Default::default(),
     };
     let mut obj = ebpf::load(&settings)?;
     let btf = ebpf::kernel_btf().context("bench-floor needs kernel BTF")?;

@@ -744,6 +744,9 @@ mod tests {
             start_ticks: Some(u64::from(pid) * 10),
             creation_time_unix_nano: 1,
             container: None,
+            parent_pid: None,
+            owner: None,
+            command_line: None,
         })
     }
 

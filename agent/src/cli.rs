@@ -129,6 +129,13 @@ pub struct RunArgs {
     /// Series of all per-process metrics together [default: 100000].
     #[arg(long)]
     pub max_series: Option<u32>,
+    /// Export each process's command line as `process.command_line` (off by
+    /// default: command lines can carry secrets).
+    #[arg(long)]
+    pub process_command_line: bool,
+    /// Bytes of the command line kept [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub process_command_line_max: Option<u32>,
     /// Measure only tasks in this cgroup v2 subtree (a path from the cgroup2
     /// root, e.g. /kubepods.slice; repeatable), filtered in the kernel.
     #[arg(long, value_name = "PATH")]
@@ -407,6 +414,15 @@ impl RunArgs {
                     .as_ref()
                     .and_then(|s| s.enabled)
                     .unwrap_or(d.oom_enabled),
+            command_line: a.process_command_line
+                || f.identity
+                    .as_ref()
+                    .and_then(|i| i.command_line)
+                    .unwrap_or(d.command_line),
+            command_line_max_bytes: a
+                .process_command_line_max
+                .or(f.identity.as_ref().and_then(|i| i.command_line_max_bytes))
+                .unwrap_or(d.command_line_max_bytes),
             filter: {
                 let ff = f.filter.as_ref();
                 let pick = |flag: &Vec<String>, file: Option<&Vec<String>>| {

@@ -160,6 +160,11 @@ pub struct Config {
     pub budget: crate::budget::BudgetConfig,
     /// What is not measured (cgroups in the kernel, processes by name).
     pub filter: crate::filter::FilterConfig,
+    /// Export `process.command_line` (opt-in: command lines can carry
+    /// secrets and are high-cardinality).
+    pub command_line: bool,
+    /// Bytes of the command line kept.
+    pub command_line_max_bytes: u32,
     /// From OTEL_RESOURCE_ATTRIBUTES: added to every resource, except
     /// `service.*` keys, which describe the agent and go on its resource only.
     pub resource_attributes: Vec<(String, String)>,
@@ -277,6 +282,8 @@ impl Default for Config {
             oom_enabled: true,
             budget: crate::budget::BudgetConfig::default(),
             filter: crate::filter::FilterConfig::default(),
+            command_line: false,
+            command_line_max_bytes: 1024,
             resource_attributes: Vec::new(),
             service_name: "hostscope".to_string(),
         }
@@ -340,6 +347,11 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.sched_enabled != new.sched_enabled, "sched.enabled");
     check(old.oom_enabled != new.oom_enabled, "oom.enabled");
     check(old.filter != new.filter, "filter");
+    check(
+        old.command_line != new.command_line
+            || old.command_line_max_bytes != new.command_line_max_bytes,
+        "identity",
+    );
     check(
         old.resource_attributes != new.resource_attributes || old.service_name != new.service_name,
         "resource",
@@ -437,6 +449,12 @@ impl Config {
             "--max-cgroups (cgroups.max_cgroups)",
             self.cgroups.max_cgroups.into(),
             1,
+            1 << 20,
+        )?;
+        range(
+            "--process-command-line-max (identity.command_line_max_bytes)",
+            self.command_line_max_bytes.into(),
+            16,
             1 << 20,
         )?;
         range(

@@ -56,6 +56,7 @@ pub struct FileConfig {
     pub oom: Option<Oom>,
     pub limits: Option<Limits>,
     pub filter: Option<Filter>,
+    pub identity: Option<Identity>,
     pub kubernetes: Option<Kubernetes>,
 }
 
@@ -85,6 +86,14 @@ pub struct Sched {
 #[serde(deny_unknown_fields)]
 pub struct Oom {
     pub enabled: Option<bool>,
+}
+
+/// `identity:` what process resources carry.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub command_line: Option<bool>,
+    pub command_line_max_bytes: Option<u32>,
 }
 
 /// `filter:` what is not measured (see `crate::filter`).
@@ -536,6 +545,9 @@ impl Loaded {
                 f.limits.as_ref()?.max_series_per_metric.map(u64::from)
             }
             "limits.max_series" => f.limits.as_ref()?.max_series.map(u64::from),
+            "identity.command_line_max_bytes" => {
+                f.identity.as_ref()?.command_line_max_bytes.map(u64::from)
+            }
             _ => None,
         }
     }

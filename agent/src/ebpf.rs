@@ -126,6 +126,8 @@ pub struct LoadSettings {
     pub oom_offsets: hostscope_common::oom::OomOffsets,
     /// `hostscope_common::filter::MODE_*`.
     pub filter_mode: u32,
+    /// Field offsets for the procs programs (`valid == 0`: they do nothing).
+    pub proc_offsets: hostscope_common::procs::ProcOffsets,
 }
 
 /// Raises RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to.
@@ -173,7 +175,8 @@ pub fn load(s: &LoadSettings) -> Result<Ebpf, LoadError> {
         .map_max_entries("TCP_OWNERS", s.tcp_sockets)
         .override_global("SCHED_OFFSETS", &s.sched_offsets, true)
         .override_global("OOM_OFFSETS", &s.oom_offsets, true)
-        .override_global("FILTER_MODE", &s.filter_mode, true);
+        .override_global("FILTER_MODE", &s.filter_mode, true)
+        .override_global("PROC_OFFSETS", &s.proc_offsets, true);
     // Kernels before 5.11 have no task storage: the object would not load
     // at all. There the sched programs use raw tracepoints (see
     // `signals::sched`), which do not touch TASK_SCHED_SEEN, so it is

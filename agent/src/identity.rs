@@ -9,6 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use hostscope_common::procs::ProcRecord;
 use nix::time::{ClockId, clock_gettime};
 
 /// What a process is, as exported in its resource.
@@ -27,6 +28,15 @@ pub struct ProcessInfo {
     /// Container and pod, from `/proc/<pid>/cgroup` read with the rest; None
     /// outside containers or when the process was gone first.
     pub container: Option<crate::container::ContainerIdentity>,
+    /// `process.parent_pid`.
+    pub parent_pid: Option<u32>,
+    /// `process.owner`: the user name of the real uid (the uid in decimal
+    /// where no name is known, e.g. in a container image without
+    /// `/etc/passwd`).
+    pub owner: Option<String>,
+    /// `process.command_line`, when enabled (`identity.command_line`), cut
+    /// to its configured length.
+    pub command_line: Option<String>,
 }
 
 impl ProcessInfo {
@@ -92,6 +102,17 @@ pub struct ProcessCache {
     ticks_per_sec: u64,
     /// Wall-clock time of boot in ns: CLOCK_REALTIME - CLOCK_BOOTTIME.
     boot_unix_nano: u64,
+    /// What the kernel recorded at fork and exec (`PROCS`), for processes
+    /// gone before procfs was read.
+    kernel: Option<aya::maps::HashMap<aya::maps::MapData, u32, ProcRecord>>,
+    /// User names by uid, from `/etc/passwd` (read once).
+    users: HashMap<u32, String>,
+    /// Export `process.command_line`, cut to this many bytes.
+    command_line_max: Option<usize>,
+    /// Pids to forget once every signal has collected this interval.
+    forgotten: Vec<u32>,
+    /// Pids looked up since the last [`ProcessCache::end_interval`].
+    used: std::collections::HashSet<u32>,
 }
 
 impl Default for ProcessCache {
@@ -107,16 +128,76 @@ impl ProcessCache {
             by_pid: HashMap::new(),
             ticks_per_sec,
             boot_unix_nano: boot_unix_nano(),
+            kernel: None,
+            users: std::fs::read_to_string("/etc/passwd")
+                .map(|t| parse_passwd(&t))
+                .unwrap_or_default(),
+            command_line_max: None,
+            forgotten: Vec::new(),
+            used: std::collections::HashSet::new(),
         }
     }
 
-    /// Identity of `pid`: from the cache, else from procfs. None when the
-    /// process is gone and was never seen.
+    /// Identities of processes gone before procfs was read come from
+    /// `records` (the `procs` kernel programs' map).
+    pub fn set_kernel_records(
+        &mut self,
+        records: aya::maps::HashMap<aya::maps::MapData, u32, ProcRecord>,
+    ) {
+        self.kernel = Some(records);
+    }
+
+    /// Export `process.command_line` (of processes read from procfs), cut to
+    /// `max` bytes; None: not exported.
+    pub fn set_command_line(&mut self, max: Option<usize>) {
+        self.command_line_max = max;
+    }
+
+    fn owner(&self, uid: u32) -> String {
+        self.users
+            .get(&uid)
+            .cloned()
+            .unwrap_or_else(|| uid.to_string())
+    }
+
+    /// Identity from the kernel's record of `pid` (fork and exec events).
+    fn from_record(&self, pid: u32) -> Option<ProcessInfo> {
+        let r = self.kernel.as_ref()?.get(&pid, 0).ok()?;
+        let cstr = |b: &[u8]| {
+            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+            String::from_utf8_lossy(&b[..end]).into_owned()
+        };
+        let path = cstr(&r.path);
+        let comm = cstr(&r.comm);
+        let executable_name = std::path::Path::new(&path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(comm);
+        let creation = i128::from(r.start_ns) + monotonic_to_unix_offset();
+        Some(ProcessInfo {
+            pid,
+            executable_name,
+            start_ticks: Some(
+                (u128::from(r.start_ns) * u128::from(self.ticks_per_sec) / 1_000_000_000) as u64,
+            ),
+            creation_time_unix_nano: creation.max(0) as u64,
+            container: None,
+            parent_pid: (r.ppid != 0).then_some(r.ppid),
+            owner: Some(self.owner(r.uid)),
+            command_line: None,
+        })
+    }
+
+    /// Identity of `pid`: from the cache, else from procfs, else from what
+    /// the kernel recorded at its fork or exec. None when the process is
+    /// gone and was never seen.
     pub fn get(&mut self, pid: u32) -> Option<Arc<ProcessInfo>> {
+        self.used.insert(pid);
         if let Some(info) = self.by_pid.get(&pid) {
             return Some(info.clone());
         }
-        let info = Arc::new(self.read(pid)?);
+        let info = Arc::new(self.read(pid).or_else(|| self.from_record(pid))?);
         self.by_pid.insert(pid, info.clone());
         Some(info)
     }
@@ -130,9 +211,28 @@ impl ProcessCache {
         }
     }
 
-    /// Forgets a pid (after its process exited and was exported once more).
+    /// Forgets a pid (after its process exited and was exported once more),
+    /// here and in the kernel's records, once the interval's collection is
+    /// over ([`ProcessCache::end_interval`]): the other signals still name
+    /// it this interval.
     pub fn forget(&mut self, pid: u32) {
-        self.by_pid.remove(&pid);
+        self.forgotten.push(pid);
+    }
+
+    /// Carries out this interval's [`ProcessCache::forget`]s, and drops the
+    /// identities no signal looked up this interval: a process no signal
+    /// reports any more has exited or gone quiet, and its pid may be handed
+    /// to a new process (which must not be taken for it). A quiet process
+    /// that comes back is read again.
+    pub fn end_interval(&mut self) {
+        let used = std::mem::take(&mut self.used);
+        self.by_pid.retain(|pid, _| used.contains(pid));
+        for pid in std::mem::take(&mut self.forgotten) {
+            self.by_pid.remove(&pid);
+            if let Some(k) = self.kernel.as_mut() {
+                let _ = k.remove(&pid);
+            }
+        }
     }
 
     fn read(&self, pid: u32) -> Option<ProcessInfo> {
@@ -146,14 +246,43 @@ impl ProcessCache {
             .unwrap_or_else(|| name_without_exe(&stat.comm, proc.cmdline().ok()));
         let since_boot_ns =
             u128::from(stat.starttime) * 1_000_000_000 / u128::from(self.ticks_per_sec);
+        let owner = proc.status().ok().map(|s| self.owner(s.ruid));
+        let command_line = self.command_line_max.and_then(|max| {
+            let line = proc.cmdline().ok()?.join(" ");
+            Some(cut(&line, max).to_string())
+        });
         Some(ProcessInfo {
             pid,
             executable_name,
             start_ticks: Some(stat.starttime),
             creation_time_unix_nano: self.boot_unix_nano + since_boot_ns as u64,
             container: crate::container::read(pid),
+            parent_pid: u32::try_from(stat.ppid).ok().filter(|p| *p != 0),
+            owner,
+            command_line,
         })
     }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// uid -> user name from `/etc/passwd` text.
+fn parse_passwd(text: &str) -> HashMap<u32, String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let uid = f.nth(1)?.parse().ok()?;
+            Some((uid, name.to_string()))
+        })
+        .collect()
 }
 
 /// The executable's name when `/proc/<pid>/exe` is unreadable: the kernel's
@@ -288,6 +417,9 @@ mod tests {
             start_ticks: Some(u64::MAX),
             creation_time_unix_nano: 0,
             container: None,
+            parent_pid: None,
+            owner: None,
+            command_line: None,
         };
         assert!(
             !ProcessCache::new().is_alive(&info),

@@ -296,9 +296,9 @@ fn nobody_with_bpf_and_perfmon_attaches_everything_and_counts_exactly() {
         .find(|(a, _)| otlp::attr(a, "service.name") == Some("hostscope"))
         .expect("agent resource");
     let attached = otlp::points(&agent_res.1, "hostscope.agent.program.attached").len();
-    assert!(
-        attached >= 12,
-        "syscalls (3), tcp (6), sched (2), oom (1) programs should be attached; saw {attached}"
+    assert_eq!(
+        attached, 13,
+        "procs (2), syscalls (3), tcp (6), sched (1), oom (1) programs should be attached"
     );
     let errors: Vec<String> = agent
         .stderr

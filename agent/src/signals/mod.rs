@@ -4,6 +4,7 @@
 
 pub mod cgroups;
 pub mod oom;
+pub mod procs;
 pub mod sched;
 pub mod syscalls;
 pub mod tcp;

@@ -142,6 +142,9 @@ impl Oom {
                     start_ticks: None,
                     creation_time_unix_nano: 0,
                     container: None,
+                    parent_pid: None,
+                    owner: None,
+                    command_line: None,
                 })
             });
             let cgroup = if ev.cgroup_id != 0 {

@@ -145,6 +145,8 @@ pub struct Sched {
     /// cgroup path and of all kernel threads.
     preempted_by_cgroup: BTreeMap<String, BTreeMap<String, u64>>,
     preempted_kthreads: BTreeMap<String, u64>,
+    /// Processes seen gone last interval: removed after this one.
+    dying: Vec<u32>,
 }
 
 struct Seen {
@@ -252,6 +254,7 @@ impl Sched {
             kthreads: RunqStats::ZERO,
             preempted_by_cgroup: BTreeMap::new(),
             preempted_kthreads: BTreeMap::new(),
+            dying: Vec::new(),
         })
     }
 
@@ -346,20 +349,24 @@ impl Sched {
             }
         }
         self.self_metrics(w, out);
-        if !gone.is_empty() {
+        // Removed one interval after they were seen gone (exported once
+        // more): a switch counted between this read and the exit is kept.
+        let dying = std::mem::replace(&mut self.dying, gone);
+        if !dying.is_empty() {
             let keys: Vec<PreemptKey> = self
                 .preemptions
                 .keys()
                 .filter_map(Result::ok)
-                .filter(|k| gone.contains(&k.tgid))
+                .filter(|k| dying.contains(&k.tgid))
                 .collect();
             for k in keys {
                 let _ = self.preemptions.remove(&k);
             }
         }
-        for pid in gone {
+        for pid in dying {
             let _ = self.stats.remove(&pid);
             self.seen.remove(&pid);
+            self.dying.retain(|p| *p != pid);
         }
     }
 
@@ -511,6 +518,9 @@ fn identity(cache: &mut ProcessCache, pid: u32) -> Arc<ProcessInfo> {
             start_ticks: None,
             creation_time_unix_nano: 0,
             container: None,
+            parent_pid: None,
+            owner: None,
+            command_line: None,
         })
     })
 }

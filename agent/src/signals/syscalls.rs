@@ -73,6 +73,8 @@ pub struct Syscalls {
     stats: PerCpuHashMap<MapData, SyscallKey, SyscallStats>,
     errors: PerCpuHashMap<MapData, SyscallErrorKey, u64>,
     comms: HashMap<MapData, u32, [u8; 16]>,
+    /// Processes seen gone last interval: removed after this one.
+    dying: HashSet<u32>,
     drops: PerCpuArray<MapData, u64>,
     events: AsyncFd<RingBuf<MapData>>,
     pending: VecDeque<SlowSyscallEvent>,
@@ -157,6 +159,7 @@ impl Syscalls {
             stats: take_map(ebpf, "SYSCALL_STATS")?,
             errors: take_map(ebpf, "SYSCALL_ERRORS")?,
             comms: take_map(ebpf, "PROCESS_COMM")?,
+            dying: HashSet::new(),
             drops: take_map(ebpf, "SYSCALL_DROPS")?,
             // SAFETY: the RingBuf owns its map fd and is dropped with the AsyncFd.
             events: unsafe { AsyncFd::register(ring) }
@@ -281,7 +284,14 @@ impl Syscalls {
         }
 
         self.self_metrics(now_unix_nano, series, error_series, out);
-        self.forget(&gone, cache);
+        // A process seen gone is exported once more, next interval, with
+        // whatever it counted between this read and its exit, and only then
+        // removed: removing it now could take counts made after the read.
+        let dying = std::mem::replace(&mut self.dying, gone);
+        self.forget(&dying, cache);
+        for pid in &dying {
+            self.dying.remove(pid);
+        }
     }
 
     /// Identity of `pid`: from procfs (cached), else, for a process that
@@ -299,6 +309,9 @@ impl Syscalls {
                 start_ticks: None,
                 creation_time_unix_nano: 0,
                 container: None,
+                parent_pid: None,
+                owner: None,
+                command_line: None,
             })
         })
     }

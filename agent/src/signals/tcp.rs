@@ -516,6 +516,9 @@ fn identity(cache: &mut ProcessCache, pid: u32) -> Arc<ProcessInfo> {
             start_ticks: None,
             creation_time_unix_nano: 0,
             container: None,
+            parent_pid: None,
+            owner: None,
+            command_line: None,
         })
     })
 }
