@@ -72,6 +72,14 @@ pub fn procs_exec_raw(ctx: RawTracePointContext) -> i32 {
     }
 }
 
+/// Writes `tgid`'s record from the scratch (by reference: a copy would put
+/// 160 bytes on the 512-byte stack).
+#[inline(always)]
+#[allow(clippy::needless_borrows_for_generic_args)]
+fn insert(tgid: u32, r: &ProcRecord) -> Result<(), ()> {
+    PROCS.insert(&tgid, r, 0).map_err(|_| ())
+}
+
 /// A zeroed scratch record with the current task's owner and `comm`.
 #[inline(always)]
 fn scratch() -> Result<*mut ProcRecord, ()> {
@@ -104,7 +112,7 @@ fn try_fork(child: u64) -> Result<(), ()> {
         if let Some(p) = PROCS.get_ptr(parent) {
             (*r).path = (*p).path;
         }
-        PROCS.insert(tgid, &*r, 0).map_err(|_| ())
+        insert(tgid, &*r)
     }
 }
 
@@ -126,6 +134,6 @@ fn try_exec(p: u64, bprm: u64) -> Result<(), ()> {
         if let Some(name) = read::<u64>(bprm, o.binprm_filename).filter(|f| *f != 0) {
             let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*r).path);
         }
-        PROCS.insert(tgid, &*r, 0).map_err(|_| ())
+        insert(tgid, &*r)
     }
 }

@@ -9,7 +9,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use hostscope_common::procs::ProcRecord;
 use nix::time::{ClockId, clock_gettime};
 
 /// What a process is, as exported in its resource.
@@ -104,7 +103,7 @@ pub struct ProcessCache {
     boot_unix_nano: u64,
     /// What the kernel recorded at fork and exec (`PROCS`), for processes
     /// gone before procfs was read.
-    kernel: Option<aya::maps::HashMap<aya::maps::MapData, u32, ProcRecord>>,
+    kernel: Option<crate::signals::procs::ProcRecords>,
     /// User names by uid, from `/etc/passwd` (read once).
     users: HashMap<u32, String>,
     /// Export `process.command_line`, cut to this many bytes.
@@ -140,10 +139,7 @@ impl ProcessCache {
 
     /// Identities of processes gone before procfs was read come from
     /// `records` (the `procs` kernel programs' map).
-    pub fn set_kernel_records(
-        &mut self,
-        records: aya::maps::HashMap<aya::maps::MapData, u32, ProcRecord>,
-    ) {
+    pub fn set_kernel_records(&mut self, records: crate::signals::procs::ProcRecords) {
         self.kernel = Some(records);
     }
 
@@ -161,7 +157,7 @@ impl ProcessCache {
     }
 
     /// Identity from the kernel's record of `pid` (fork and exec events).
-    fn from_record(&self, pid: u32) -> Option<ProcessInfo> {
+    fn recorded(&self, pid: u32) -> Option<ProcessInfo> {
         let r = self.kernel.as_ref()?.get(&pid, 0).ok()?;
         let cstr = |b: &[u8]| {
             let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
@@ -197,7 +193,7 @@ impl ProcessCache {
         if let Some(info) = self.by_pid.get(&pid) {
             return Some(info.clone());
         }
-        let info = Arc::new(self.read(pid).or_else(|| self.from_record(pid))?);
+        let info = Arc::new(self.read(pid).or_else(|| self.recorded(pid))?);
         self.by_pid.insert(pid, info.clone());
         Some(info)
     }

@@ -18,6 +18,9 @@ use crate::{
     ebpf::{AttachError, Attached, TakeMapError, attach_tracepoint, take_map, unload},
 };
 
+/// The kernel's process records, by tgid.
+pub type ProcRecords = HashMap<MapData, u32, ProcRecord>;
+
 #[derive(Debug, Error)]
 pub enum ProcsError {
     #[error(transparent)]
@@ -43,7 +46,7 @@ pub fn start(
     ebpf: &mut Ebpf,
     btf: Option<&Btf>,
     pref: HookPreference,
-) -> Result<(Vec<Attached>, HashMap<MapData, u32, ProcRecord>), ProcsError> {
+) -> Result<(Vec<Attached>, ProcRecords), ProcsError> {
     let mut programs = Vec::new();
     for (label, tp, b, r) in [
         (
