@@ -35,6 +35,13 @@ static PROC_OFFSETS: ProcOffsets = ProcOffsets {
 #[map]
 static PROCS: LruHashMap<u32, ProcRecord> = LruHashMap::with_max_entries(32768, 0);
 
+/// Tasks (threads too) created and not yet returned from the `clone` that
+/// made them, by pid_tgid: a new task's first `sys_exit` (its return from
+/// `clone`) has no `sys_enter`, and the syscalls programs do not count it as
+/// an unmatched exit when they find it here.
+#[map]
+pub(crate) static FRESH_TASKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+
 /// Scratch record (too large for comfort on the 512-byte stack).
 #[map]
 static PROC_SCRATCH: PerCpuArray<ProcRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -101,6 +108,7 @@ fn try_fork(child: u64) -> Result<(), ()> {
     }
     let pid: u32 = read(child, o.task_pid).ok_or(())?;
     let tgid: u32 = read(child, o.task_tgid).ok_or(())?;
+    let _ = FRESH_TASKS.insert((u64::from(tgid) << 32) | u64::from(pid), 1, 0);
     if pid != tgid {
         return Ok(()); // a thread of an existing process
     }

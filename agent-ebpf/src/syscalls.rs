@@ -263,7 +263,10 @@ fn try_exit<const FAST: bool>(ret: i64) -> Result<(), ()> {
         return Ok(());
     }
     let Some((start_ns, nr)) = take_start::<FAST>(pid_tgid) else {
-        count_drop(drop_reason::UNMATCHED_EXIT);
+        // A new task returning from the clone that made it entered nothing.
+        if crate::procs::FRESH_TASKS.remove(pid_tgid).is_err() {
+            count_drop(drop_reason::UNMATCHED_EXIT);
+        }
         return Ok(());
     };
     let now = unsafe { bpf_ktime_get_ns() };

@@ -53,7 +53,7 @@ pub struct BenchArgs {
     pub round_trips: u64,
     /// Live-series sizes for the export cost and memory part (comma-separated;
     /// empty skips it).
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000,100000")]
     pub series: Vec<usize>,
     /// Only the series part (skip the syscall and ping-pong rounds).
     #[arg(long)]

@@ -231,6 +231,11 @@ fn measure(
                 &max,
                 "--max-syscall-error-series",
                 &max,
+                // The cardinality budget too: every series is measured.
+                "--max-series-per-metric",
+                &max,
+                "--max-series",
+                &(4 * (series + 20_000)).to_string(),
                 "--export-queue-bytes",
                 &(64u64 << 20).to_string(),
             ])
