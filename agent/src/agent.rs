@@ -663,6 +663,18 @@ impl Agent {
                 .processes
                 .retain(|_, b| !names.contains(&b.info.executable_name));
         }
+        if !self.cfg.filter.exclude_namespaces.is_empty() {
+            let excluded = |c: Option<&crate::container::ContainerIdentity>| {
+                c.and_then(|c| self.pods.namespace(c))
+                    .is_some_and(|ns| self.cfg.filter.exclude_namespaces.contains(&ns))
+            };
+            collected
+                .processes
+                .retain(|_, b| !excluded(b.info.container.as_ref()));
+            collected
+                .cgroups
+                .retain(|path, _| !excluded(crate::container::from_cgroup_path(path).as_ref()));
+        }
         self.budget
             .apply(&mut collected, now, self.started_unix_nano);
         let t1 = std::time::Instant::now();

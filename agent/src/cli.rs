@@ -147,6 +147,10 @@ pub struct RunArgs {
     /// Do not export processes with this executable name (repeatable).
     #[arg(long, value_name = "NAME")]
     pub exclude_process: Vec<String>,
+    /// Do not export processes and cgroups of pods in this Kubernetes
+    /// namespace (repeatable).
+    #[arg(long, value_name = "NAMESPACE")]
+    pub exclude_namespace: Vec<String>,
     /// How finely a signal's measurements are exported: SIGNAL=LEVEL with
     /// SIGNAL syscalls, tcp or sched and LEVEL process, executable or
     /// container (repeatable) [default: process for each].
@@ -444,6 +448,10 @@ impl RunArgs {
                     exclude_processes: pick(
                         &a.exclude_process,
                         ff.and_then(|x| x.exclude_processes.as_ref()),
+                    ),
+                    exclude_namespaces: pick(
+                        &a.exclude_namespace,
+                        ff.and_then(|x| x.exclude_namespaces.as_ref()),
                     ),
                 }
             },

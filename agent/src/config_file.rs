@@ -103,6 +103,7 @@ pub struct Filter {
     pub include_cgroups: Option<Vec<String>>,
     pub exclude_cgroups: Option<Vec<String>>,
     pub exclude_processes: Option<Vec<String>>,
+    pub exclude_namespaces: Option<Vec<String>>,
 }
 
 /// `limits:` cardinality budgets (see `crate::budget`).

@@ -1,7 +1,7 @@
 //! What is not measured: tasks in configured cgroup v2 subtrees, filtered
 //! in the kernel (`agent-ebpf/src/filter.rs`) so their syscalls and context
 //! switches cost one lookup and touch no other map; and processes by
-//! executable name, left out before export.
+//! executable name or Kubernetes namespace, left out before export.
 //!
 //! The kernel checks the current task's cgroup id against `CGROUP_FILTER`.
 //! This module fills it with the ids of the configured cgroups and of every
@@ -35,6 +35,9 @@ pub struct FilterConfig {
     pub exclude_cgroups: Vec<String>,
     /// Do not export processes with these executable names.
     pub exclude_processes: Vec<String>,
+    /// Do not export processes and cgroups of pods in these Kubernetes
+    /// namespaces (known from the API; dropped before export).
+    pub exclude_namespaces: Vec<String>,
 }
 
 impl FilterConfig {
@@ -74,6 +77,9 @@ impl FilterConfig {
         }
         if self.exclude_processes.iter().any(|n| n.trim().is_empty()) {
             return Err("an executable name in exclude_processes is empty".into());
+        }
+        if self.exclude_namespaces.iter().any(|n| n.trim().is_empty()) {
+            return Err("a namespace in exclude_namespaces is empty".into());
         }
         Ok(())
     }

@@ -87,6 +87,17 @@ impl Index {
 pub struct PodMetadata(Arc<RwLock<Index>>);
 
 impl PodMetadata {
+    /// The namespace of the pod of a process or cgroup with this cgroup
+    /// identity, if its pod is known.
+    pub fn namespace(&self, c: &ContainerIdentity) -> Option<String> {
+        let idx = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let uid = match &c.pod_uid {
+            Some(u) => u.as_str(),
+            None => idx.containers.get(c.id.as_ref()?)?.as_str(),
+        };
+        idx.pods.get(uid).map(|p| p.namespace.clone())
+    }
+
     /// Pod attributes for a process or cgroup with this cgroup identity:
     /// none unless its pod (by UID, else by container id) is known.
     pub fn attributes(&self, c: &ContainerIdentity) -> Vec<KeyValue> {

@@ -607,3 +607,86 @@ fn an_api_answering_403_gives_one_warning_and_cgroup_identity_flows() {
     drop(w);
     drop(tree);
 }
+
+/// `--exclude-namespace`: once the API has said which pods are in the
+/// namespace, their processes are no longer exported; other pods' are.
+#[test]
+fn an_excluded_namespace_is_not_exported() {
+    require_root();
+    let v2 = Layout::detect().v2.expect("a cgroup2 mount");
+    let top = format!("hostscope-k8sns-{}", std::process::id());
+    let (uid_web, id_web) = ids(6);
+    let (uid_db, id_db) = ids(7);
+    let list = json!({
+        "kind": "PodList", "apiVersion": "v1",
+        "metadata": {"resourceVersion": "2000"},
+        "items": [
+            pod("web-0", "shop", &uid_web, 1990, json!({}),
+                json!([{"name": "nginx", "containerID": format!("containerd://{id_web}")}])),
+            pod("db-0", "data", &uid_db, 1991, json!({}),
+                json!([{"name": "postgres", "containerID": format!("containerd://{id_db}")}])),
+        ]
+    });
+    let api = FakeApi::start(Reply::Pods(list.to_string()));
+    let _top_tree = Tree::create(&v2, &top);
+    let web_tree = Tree::create(&v2, &systemd_path(&top, &uid_web, &id_web));
+    let db_tree = Tree::create(&v2, &systemd_path(&top, &uid_db, &id_db));
+    let mut web = Workload::spawn(mix());
+    let mut db = Workload::spawn(mix());
+    web_tree.enter(web.pid);
+    db_tree.enter(db.pid);
+    let agent = Agent::start(&[
+        "--interval",
+        "1",
+        "--slow-threshold",
+        "off",
+        "--k8s-api-url",
+        &api.url(),
+        "--k8s-node-name",
+        NODE,
+        "--exclude-namespace",
+        "data",
+    ]);
+    web.run();
+    // The list has been applied once web-0 carries its namespace.
+    wait_for_identities(
+        &agent,
+        &[(
+            web.pid,
+            "web-0 in shop (listed)",
+            sorted(&[
+                ("k8s.node.name", NODE),
+                ("container.id", id_web.as_str()),
+                ("container.runtime.name", "containerd"),
+                ("k8s.pod.uid", uid_web.as_str()),
+                ("k8s.pod.name", "web-0"),
+                ("k8s.namespace.name", "shop"),
+                ("k8s.container.name", "nginx"),
+            ]),
+        )],
+        Duration::from_secs(60),
+    );
+    db.run();
+    thread::sleep(Duration::from_millis(2500));
+    let lines = agent.stop_with(libc::SIGTERM);
+    let db_seen = lines
+        .iter()
+        .filter(|l| otlp::process_metrics(l, db.pid).is_some())
+        .count();
+    let web_seen = lines
+        .iter()
+        .filter(|l| otlp::process_metrics(l, web.pid).is_some())
+        .count();
+    assert_eq!(
+        db_seen, 0,
+        "db-0 (namespace data, excluded) should not be exported once its pod is known"
+    );
+    assert!(
+        web_seen > 0,
+        "web-0 (namespace shop) should still be exported"
+    );
+    drop(web);
+    drop(db);
+    drop(web_tree);
+    drop(db_tree);
+}
