@@ -247,6 +247,9 @@ fn on_reset(sk: u64, k: u32) -> i32 {
 /// `sock_common`), owned by `owner`, and sends it for episodes.
 #[inline(always)]
 fn record(o: &TcpOffsets, sock: u64, common: u64, owner: Option<TcpOwner>, k: u32, segs: u32) {
+    if crate::filter::owner_excluded(owner.map(|w| w.cgroup_id)) {
+        return;
+    }
     let Some(full) = conn_key(o, common) else {
         return;
     };

@@ -8,10 +8,12 @@
 //! cgroup below them, and refreshes it every interval: a cgroup created
 //! under a filtered one is filtered from the next interval on (until then
 //! its tasks are measured in exclude mode, and not in include mode).
-//! In-kernel filtering covers the syscalls signal and the sched signal's
-//! BTF design; the raw-tracepoint sched fallback (which counts a wait at
-//! switch-in, from another task's context) and the tcp signal (whose events
-//! come from softirq context) are not filtered in this version.
+//! In-kernel filtering covers the syscalls signal, the sched signal's BTF
+//! design and the tcp signal (by the cgroup of the socket's owner, since its
+//! events come from softirq context; with an include list, events of
+//! sockets without a known owner are left out). The raw-tracepoint sched
+//! fallback, which counts a wait at switch-in from another task's context,
+//! is not filtered in this version.
 
 use std::{collections::HashSet, path::PathBuf};
 

@@ -537,3 +537,46 @@ fn syn_retransmits_belong_to_the_connecting_process() {
         .sum();
     assert_eq!(typed, kernel, "typed syn: {seen:?}");
 }
+
+/// The cgroup filter reaches the tcp signal through the socket's owner:
+/// with this test's own cgroup excluded, the refused connection's reset is
+/// not counted; with it included (the positive control), it is, once.
+#[test]
+fn the_cgroup_filter_applies_to_tcp_events_by_their_owner() {
+    require_root();
+    let own = hostscope_tests::cgroup::v2_path(std::process::id());
+    for (flag, want) in [("--exclude-cgroup", 0), ("--include-cgroup", 1)] {
+        let pair = NetPair::new();
+        let target = SocketAddr::new(pair.b_v4(), 5010);
+        let agent = start_agent(&[flag, &own]);
+        let mut client = pair.spawn(
+            Side::A,
+            &[
+                "tcp-connect",
+                "--connect",
+                &target.to_string(),
+                "--timeout-ms",
+                "3000",
+            ],
+        );
+        let pid = u64::from(client.id());
+        let res = JsonLines::new(&mut client).next(Duration::from_secs(10), "tcp-connect result");
+        wait_success(&mut client, Duration::from_secs(5), "tcp-connect");
+        assert_eq!(
+            res["connected"], false,
+            "nothing listens on {target}: {res}"
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+        let lines = agent.stop_with(libc::SIGTERM);
+        let resets = series(
+            &lines,
+            "hostscope.tcp.resets",
+            "hostscope.tcp.reset.direction",
+        );
+        let (mine, _, seen) = split(&resets, pid, target);
+        assert_eq!(
+            mine, want,
+            "{flag} {own}: resets received by pid {pid} from {target}: {seen:?}"
+        );
+    }
+}
