@@ -739,9 +739,16 @@ impl Agent {
         if let Some(node) = &self.cfg.kubernetes.node_name {
             attrs.push(otlp::kv_str("k8s.node.name", node.clone()));
         }
+        // Configured attributes win over detected ones (as the SDK merges
+        // OTEL_RESOURCE_ATTRIBUTES over its detectors): in a pod, host.name
+        // is the pod's hostname unless the DaemonSet gives the node's.
         for (k, v) in &self.cfg.resource_attributes {
-            if !k.starts_with("service.") && !attrs.iter().any(|a| &a.key == k) {
-                attrs.push(otlp::kv_str(k, v.clone()));
+            if k.starts_with("service.") {
+                continue;
+            }
+            match attrs.iter_mut().find(|a| &a.key == k) {
+                Some(a) => *a = otlp::kv_str(k, v.clone()),
+                None => attrs.push(otlp::kv_str(k, v.clone())),
             }
         }
         attrs

@@ -363,3 +363,50 @@ fn host_identity_matches_the_system() {
         }
     }
 }
+
+/// A configured `host.name` (the DaemonSet passes the node's name in
+/// OTEL_RESOURCE_ATTRIBUTES) replaces the detected one, once per resource.
+#[test]
+fn a_configured_host_name_wins_over_the_detected_one() {
+    require_root();
+    let out = Command::new("timeout")
+        .args(["--signal=KILL", "60"])
+        .arg(hostscope_bin())
+        .args([
+            "run",
+            "--exporter",
+            "stdout",
+            "--interval",
+            "1",
+            "--duration",
+            "1",
+            "--listen",
+            "none",
+        ])
+        .env("OTEL_RESOURCE_ATTRIBUTES", "host.name=node-7")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hostscope");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = metrics_lines(&out);
+    let resources: Vec<&Value> = lines
+        .iter()
+        .flat_map(|l| l["resourceMetrics"].as_array().into_iter().flatten())
+        .collect();
+    assert!(!resources.is_empty(), "no resources exported");
+    for r in resources {
+        let names: Vec<&str> = r["resource"]["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["key"] == "host.name")
+            .filter_map(|a| a["value"]["stringValue"].as_str())
+            .collect();
+        assert_eq!(names, vec!["node-7"], "host.name of {}", r["resource"]);
+    }
+}

@@ -260,6 +260,11 @@ fn kubernetes_manifests_validate_and_render_least_privilege() {
         json!({"fieldRef": {"fieldPath": "spec.nodeName"}})
     );
     assert!(var("OTEL_EXPORTER_OTLP_ENDPOINT")["value"].is_string());
+    assert_eq!(
+        var("OTEL_RESOURCE_ATTRIBUTES")["value"],
+        "k8s.node.name=$(K8S_NODE_NAME),host.name=$(K8S_NODE_NAME)",
+        "the node's name as k8s.node.name and host.name"
+    );
 
     // Requests and limits set, limits above requests.
     let res = &c["resources"];
