@@ -769,6 +769,9 @@ impl Agent {
                 info.creation_time_iso8601(),
             ));
         }
+        if let Some(path) = &info.executable_path {
+            attrs.push(otlp::kv_str("process.executable.path", path.clone()));
+        }
         if let Some(ppid) = info.parent_pid {
             attrs.push(otlp::kv_int("process.parent_pid", ppid.into()));
         }

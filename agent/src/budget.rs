@@ -745,6 +745,7 @@ mod tests {
             creation_time_unix_nano: 1,
             container: None,
             parent_pid: None,
+            executable_path: None,
             owner: None,
             command_line: None,
         })

@@ -29,6 +29,9 @@ pub struct ProcessInfo {
     pub container: Option<crate::container::ContainerIdentity>,
     /// `process.parent_pid`.
     pub parent_pid: Option<u32>,
+    /// `process.executable.path`: `/proc/<pid>/exe`'s target, else the
+    /// path the process was executed from (kernel record, cut to 128 bytes).
+    pub executable_path: Option<String>,
     /// `process.owner`: the user name of the real uid (the uid in decimal
     /// where no name is known, e.g. in a container image without
     /// `/etc/passwd`).
@@ -156,6 +159,13 @@ impl ProcessCache {
             .unwrap_or_else(|| uid.to_string())
     }
 
+    /// The executable path in the kernel's record of `pid`, if any.
+    fn recorded_path(&self, pid: u32) -> Option<String> {
+        let r = self.kernel.as_ref()?.get(&pid, 0).ok()?;
+        let end = r.path.iter().position(|&c| c == 0).unwrap_or(r.path.len());
+        (end > 0).then(|| String::from_utf8_lossy(&r.path[..end]).into_owned())
+    }
+
     /// Identity from the kernel's record of `pid` (fork and exec events).
     fn recorded(&self, pid: u32) -> Option<ProcessInfo> {
         let r = self.kernel.as_ref()?.get(&pid, 0).ok()?;
@@ -180,6 +190,7 @@ impl ProcessCache {
             creation_time_unix_nano: creation.max(0) as u64,
             container: None,
             parent_pid: (r.ppid != 0).then_some(r.ppid),
+            executable_path: (!path.is_empty()).then(|| path.clone()),
             owner: Some(self.owner(r.uid)),
             command_line: None,
         })
@@ -234,11 +245,22 @@ impl ProcessCache {
     fn read(&self, pid: u32) -> Option<ProcessInfo> {
         let proc = procfs::process::Process::new(pid as i32).ok()?;
         let stat = proc.stat().ok()?;
-        let executable_name = proc
+        // `/proc/<pid>/exe`, else the path the kernel saw it execute (the
+        // link is unreadable without CAP_SYS_PTRACE for processes holding
+        // capabilities the agent lacks, which after its drop is any).
+        let executable_path = proc
             .exe()
             .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .map(|n| n.trim_end_matches(" (deleted)").to_string())
+            .map(|p| {
+                p.to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_string()
+            })
+            .or_else(|| self.recorded_path(pid));
+        let executable_name = executable_path
+            .as_deref()
+            .and_then(|p| std::path::Path::new(p).file_name())
+            .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| name_without_exe(&stat.comm, proc.cmdline().ok()));
         let since_boot_ns =
             u128::from(stat.starttime) * 1_000_000_000 / u128::from(self.ticks_per_sec);
@@ -254,6 +276,7 @@ impl ProcessCache {
             creation_time_unix_nano: self.boot_unix_nano + since_boot_ns as u64,
             container: crate::container::read(pid),
             parent_pid: u32::try_from(stat.ppid).ok().filter(|p| *p != 0),
+            executable_path,
             owner,
             command_line,
         })
@@ -414,6 +437,7 @@ mod tests {
             creation_time_unix_nano: 0,
             container: None,
             parent_pid: None,
+            executable_path: None,
             owner: None,
             command_line: None,
         };

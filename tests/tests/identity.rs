@@ -75,3 +75,45 @@ fn a_reused_pid_gets_a_new_identity() {
         by_creation.keys().collect::<Vec<_>>()
     );
 }
+
+/// A process started while the agent runs carries its executable's path
+/// (from the exec event: the agent cannot read `/proc/<pid>/exe` of
+/// processes holding capabilities once it has dropped its own), its parent
+/// and its owner.
+#[test]
+fn a_process_carries_its_path_parent_and_owner() {
+    require_root();
+    let agent = Agent::start(&["--interval", "1", "--slow-threshold", "off", "--no-tcp"]);
+    let mut w = Workload::spawn(Mix {
+        getppid: 10,
+        ..Default::default()
+    });
+    w.run();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = w.pid;
+    drop(w);
+    let lines = agent.stop_with(libc::SIGTERM);
+    let attrs = lines
+        .iter()
+        .rev()
+        .find_map(|l| hostscope_tests::otlp::process_metrics(l, pid))
+        .map(|(a, _)| a)
+        .unwrap_or_else(|| panic!("no resource for pid {pid}"));
+    let path = hostscope_tests::target_bin("hostscope-workload");
+    let want = [
+        (
+            "process.executable.path",
+            path.to_string_lossy().to_string(),
+        ),
+        ("process.executable.name", "hostscope-workload".to_string()),
+        ("process.parent_pid", std::process::id().to_string()),
+        ("process.owner", "root".to_string()),
+    ];
+    for (k, v) in want {
+        assert_eq!(
+            attr(&attrs, k),
+            Some(v.as_str()),
+            "{k} of pid {pid}: {attrs:?}"
+        );
+    }
+}

@@ -143,6 +143,7 @@ impl Oom {
                     creation_time_unix_nano: 0,
                     container: None,
                     parent_pid: None,
+                    executable_path: None,
                     owner: None,
                     command_line: None,
                 })

@@ -310,6 +310,7 @@ impl Syscalls {
                 creation_time_unix_nano: 0,
                 container: None,
                 parent_pid: None,
+                executable_path: None,
                 owner: None,
                 command_line: None,
             })

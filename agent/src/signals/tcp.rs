@@ -517,6 +517,7 @@ fn identity(cache: &mut ProcessCache, pid: u32) -> Arc<ProcessInfo> {
             creation_time_unix_nano: 0,
             container: None,
             parent_pid: None,
+            executable_path: None,
             owner: None,
             command_line: None,
         })
