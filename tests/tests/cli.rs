@@ -151,8 +151,9 @@ fn duration_exits_cleanly_with_a_final_flush() {
     )
     .len();
     assert_eq!(
-        attached, 3,
-        "sys_enter, sys_exit and sched_switch should be reported attached"
+        attached, 5,
+        "sys_enter, sys_exit and sched_switch (syscalls), sched_process_fork and \
+         sched_process_exec (process identity) should be reported attached"
     );
 }
 

@@ -297,9 +297,10 @@ fn exact_counts_under_contention_and_migration() {
     }
 }
 
-/// A process that starts and exits between two exports keeps its name (from
-/// the kernel, since /proc no longer has it) and its exact counts, is
-/// exported once, and is then forgotten.
+/// A process that starts and exits between two exports keeps its name and
+/// path (from the kernel's exec record, since /proc no longer has it) and its
+/// exact counts, is exported in the next interval and once more (with
+/// anything it counted after that read), and is then forgotten.
 #[test]
 fn short_lived_process_is_named_counted_and_then_forgotten() {
     require_root();
@@ -333,14 +334,21 @@ fn short_lived_process_is_named_counted_and_then_forgotten() {
     };
     let first = metrics_line(&agent);
     let second = metrics_line(&agent);
+    let third = metrics_line(&agent);
     drop(agent.stop_with(libc::SIGTERM));
 
     let (attrs, metrics) = otlp::process_metrics(&first, pid)
         .unwrap_or_else(|| panic!("pid {pid} missing from the export after it exited"));
     assert_eq!(
         otlp::attr(&attrs, "process.executable.name"),
-        Some("hostscope-workl"),
-        "name from the kernel's comm (15 bytes): {attrs:?}"
+        Some("hostscope-workload"),
+        "name from the kernel's exec record: {attrs:?}"
+    );
+    let path = hostscope_tests::target_bin("hostscope-workload");
+    assert_eq!(
+        otlp::attr(&attrs, "process.executable.path"),
+        Some(path.to_string_lossy().as_ref()),
+        "path from the kernel's exec record: {attrs:?}"
     );
     assert_eq!(
         histogram(&metrics, "getppid").count,
@@ -352,8 +360,15 @@ fn short_lived_process_is_named_counted_and_then_forgotten() {
         mix.ebadf,
         "fchdir errors of the exited process"
     );
+    let (_, again) = otlp::process_metrics(&second, pid)
+        .unwrap_or_else(|| panic!("pid {pid} should be exported once more after it was seen gone"));
+    assert_eq!(
+        histogram(&again, "getppid").count,
+        mix.getppid,
+        "the same getppid count once more"
+    );
     assert!(
-        otlp::process_metrics(&second, pid).is_none(),
+        otlp::process_metrics(&third, pid).is_none(),
         "pid {pid} should be forgotten after its last export"
     );
 }
