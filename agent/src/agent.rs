@@ -236,10 +236,14 @@ impl Agent {
         let stats_capacity = s.max_series.unwrap_or_else(|| {
             (s.kernel_memory_budget / (STATS_VALUE_BYTES * cpus)).clamp(256, 65_536) as u32
         });
+        // The kernel's BTF, parsed once for every signal's offsets (each
+        // parse allocates several MiB that the allocator keeps).
+        let kbtf = crate::btf::KernelBtf::load().map_err(|e| e.to_string());
+        let kbtf = kbtf.as_ref().map_err(String::clone);
         let oom_variant = if self.cfg.oom_enabled {
-            match crate::btf::KernelBtf::load()
-                .map_err(|e| e.to_string())
-                .and_then(|btf| crate::signals::oom::resolve(&btf).map_err(|e| e.to_string()))
+            match kbtf
+                .clone()
+                .and_then(|btf| crate::signals::oom::resolve(btf).map_err(|e| e.to_string()))
             {
                 Ok(v) => Some(v),
                 Err(e) => {
@@ -250,7 +254,7 @@ impl Agent {
         } else {
             None
         };
-        let (sched_offsets, sched_no_info) = self.sched_offsets();
+        let (sched_offsets, sched_no_info) = self.sched_offsets(kbtf.clone());
         let settings = LoadSettings {
             agent_tgid: std::process::id(),
             slow_threshold_ns: s
@@ -260,7 +264,7 @@ impl Agent {
             syscall_series: stats_capacity,
             syscall_error_series: s.max_error_series,
             inflight_threads: s.max_inflight_threads,
-            tcp_offsets: self.tcp_offsets(),
+            tcp_offsets: self.tcp_offsets(kbtf.clone()),
             tcp_per_connection: self.cfg.tcp.per_connection,
             tcp_events_per_cpu_per_sec: self.cfg.tcp.events_per_cpu_per_sec.into(),
             tcp_series: self.cfg.tcp.max_series,
@@ -268,8 +272,11 @@ impl Agent {
             sched_offsets,
             oom_offsets: oom_variant.map(|(_, o)| o).unwrap_or_default(),
             filter_mode: self.cfg.filter.mode(),
-            proc_offsets: crate::btf::KernelBtf::load()
-                .and_then(|btf| crate::signals::procs::resolve_offsets(&btf))
+            proc_offsets: kbtf
+                .clone()
+                .and_then(|btf| {
+                    crate::signals::procs::resolve_offsets(btf).map_err(|e| e.to_string())
+                })
                 .unwrap_or_else(|e| {
                     warn!(
                         "process identity from fork and exec events is off ({e}); processes \
@@ -439,12 +446,16 @@ impl Agent {
 
     /// Field offsets for the tcp programs from the running kernel's BTF;
     /// without them the tcp signal stays off, saying why.
-    fn tcp_offsets(&self) -> hostscope_common::tcp::TcpOffsets {
+    fn tcp_offsets(
+        &self,
+        kbtf: Result<&crate::btf::KernelBtf, String>,
+    ) -> hostscope_common::tcp::TcpOffsets {
         if !self.cfg.tcp.enabled {
             return Default::default();
         }
-        let resolved = crate::btf::KernelBtf::load()
-            .and_then(|btf| crate::signals::tcp::resolve_offsets(&btf));
+        let resolved = kbtf.and_then(|btf| {
+            crate::signals::tcp::resolve_offsets(btf).map_err(|e| e.to_string())
+        });
         match resolved {
             Ok(o) => o,
             Err(e) => {
@@ -459,13 +470,17 @@ impl Agent {
 
     /// Field offsets for the sched programs from the running kernel's BTF,
     /// and why the BTF design is unusable, if it is.
-    fn sched_offsets(&self) -> (hostscope_common::sched::SchedOffsets, Option<String>) {
+    fn sched_offsets(
+        &self,
+        kbtf: Result<&crate::btf::KernelBtf, String>,
+    ) -> (hostscope_common::sched::SchedOffsets, Option<String>) {
         if !self.cfg.sched_enabled {
             return Default::default();
         }
         let loaded_ns = crate::identity::monotonic_ns();
-        let resolved = crate::btf::KernelBtf::load()
-            .and_then(|btf| crate::signals::sched::resolve_offsets(&btf, loaded_ns));
+        let resolved = kbtf.and_then(|btf| {
+            crate::signals::sched::resolve_offsets(btf, loaded_ns).map_err(|e| e.to_string())
+        });
         match resolved {
             Ok(o) => o,
             Err(e) => {
