@@ -453,9 +453,8 @@ impl Agent {
         if !self.cfg.tcp.enabled {
             return Default::default();
         }
-        let resolved = kbtf.and_then(|btf| {
-            crate::signals::tcp::resolve_offsets(btf).map_err(|e| e.to_string())
-        });
+        let resolved = kbtf
+            .and_then(|btf| crate::signals::tcp::resolve_offsets(btf).map_err(|e| e.to_string()));
         match resolved {
             Ok(o) => o,
             Err(e) => {
@@ -690,8 +689,10 @@ impl Agent {
                 .cgroups
                 .retain(|path, _| !excluded(crate::container::from_cgroup_path(path).as_ref()));
         }
+        let tb = std::time::Instant::now();
         self.budget
             .apply(&mut collected, now, self.started_unix_nano);
+        let budget_ms = tb.elapsed().as_secs_f64() * 1e3;
         let t1 = std::time::Instant::now();
         let (metrics, traces) = self.requests(now, collected);
         let t2 = std::time::Instant::now();
@@ -700,6 +701,7 @@ impl Agent {
         // Read by `cargo xtask bench` to split the agent's CPU time by phase.
         tracing::debug!(
             collect_ms = (t1 - t0).as_secs_f64() * 1e3,
+            budget_ms,
             build_ms = (t2 - t1).as_secs_f64() * 1e3,
             encode_ms = t2.elapsed().as_secs_f64() * 1e3,
             "interval exported"

@@ -396,10 +396,10 @@ impl Budget {
         info: &Arc<ProcessInfo>,
         folded: &mut BTreeMap<Arc<str>, u64>,
     ) -> bool {
-        let mut points = take_points(m);
-        let mut keep = Vec::new();
-        for (attrs, value, p) in points.drain(..) {
-            let h = attr_hash(&attrs);
+        let points = take_points(m);
+        let mut keep = Vec::with_capacity(points.len());
+        for p in points {
+            let h = attr_hash(p.attributes());
             let own = (target.clone(), name.clone(), h);
             let src = (proc_key, name.clone(), h);
             let overflowed = matches!(self.last.get(&src), Some((_, _, true)));
@@ -408,7 +408,7 @@ impl Budget {
                 keep.push(p);
                 continue;
             }
-            let Some(value) = value else {
+            let Some(value) = p.value() else {
                 // A gauge or an empty point: nothing to sum.
                 if admitted {
                     keep.push(p);
@@ -419,7 +419,7 @@ impl Budget {
                 self.group_info
                     .entry(target.clone())
                     .or_insert_with(|| info.clone());
-                (own, attrs)
+                (own, p.attributes().to_vec())
             } else {
                 *folded.entry(name.clone()).or_default() += 1;
                 (
@@ -611,35 +611,42 @@ fn attr_hash(attrs: &[KeyValue]) -> u64 {
 enum AnyPoint {
     Number(NumberDataPoint),
     Exp(ExponentialHistogramDataPoint),
+    Gauge(NumberDataPoint),
 }
 
-fn take_points(m: &mut Metric) -> Vec<(Vec<KeyValue>, Option<Value>, AnyPoint)> {
+fn take_points(m: &mut Metric) -> Vec<AnyPoint> {
     match m.data.as_mut() {
         Some(Data::Sum(s)) => std::mem::take(&mut s.data_points)
             .into_iter()
-            .map(|p| {
-                (
-                    p.attributes.clone(),
-                    Value::of_number(&p),
-                    AnyPoint::Number(p),
-                )
-            })
+            .map(AnyPoint::Number)
             .collect(),
         Some(Data::ExponentialHistogram(e)) => std::mem::take(&mut e.data_points)
             .into_iter()
-            .map(|p| {
-                (
-                    p.attributes.clone(),
-                    Some(Value::Hist(Hist::from_point(&p))),
-                    AnyPoint::Exp(p),
-                )
-            })
+            .map(AnyPoint::Exp)
             .collect(),
         Some(Data::Gauge(g)) => std::mem::take(&mut g.data_points)
             .into_iter()
-            .map(|p| (p.attributes.clone(), None, AnyPoint::Number(p)))
+            .map(AnyPoint::Gauge)
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+impl AnyPoint {
+    fn attributes(&self) -> &[KeyValue] {
+        match self {
+            AnyPoint::Number(p) | AnyPoint::Gauge(p) => &p.attributes,
+            AnyPoint::Exp(p) => &p.attributes,
+        }
+    }
+
+    /// Its cumulative value, for sums and exponential histograms.
+    fn value(&self) -> Option<Value> {
+        match self {
+            AnyPoint::Number(p) => Value::of_number(p),
+            AnyPoint::Exp(p) => Some(Value::Hist(Hist::from_point(p))),
+            AnyPoint::Gauge(_) => None,
+        }
     }
 }
 
@@ -652,7 +659,7 @@ fn put_points(m: &mut Metric, points: Vec<AnyPoint>) -> bool {
                 .into_iter()
                 .filter_map(|p| match p {
                     AnyPoint::Number(p) => Some(p),
-                    AnyPoint::Exp(_) => None,
+                    _ => None,
                 })
                 .collect()
         }
@@ -660,8 +667,8 @@ fn put_points(m: &mut Metric, points: Vec<AnyPoint>) -> bool {
             g.data_points = points
                 .into_iter()
                 .filter_map(|p| match p {
-                    AnyPoint::Number(p) => Some(p),
-                    AnyPoint::Exp(_) => None,
+                    AnyPoint::Gauge(p) => Some(p),
+                    _ => None,
                 })
                 .collect()
         }
@@ -670,7 +677,7 @@ fn put_points(m: &mut Metric, points: Vec<AnyPoint>) -> bool {
                 .into_iter()
                 .filter_map(|p| match p {
                     AnyPoint::Exp(p) => Some(p),
-                    AnyPoint::Number(_) => None,
+                    _ => None,
                 })
                 .collect()
         }
