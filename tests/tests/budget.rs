@@ -216,21 +216,47 @@ fn a_fork_storm_stays_within_the_series_budget() {
     );
 }
 
+/// An agent exporting the syscalls signal per executable.
+const BY_EXECUTABLE: &[&str] = &[
+    "--interval",
+    "1",
+    "--slow-threshold",
+    "off",
+    "--no-tcp",
+    "--granularity",
+    "syscalls=executable",
+];
+
+/// The last `getppid` count of each executable's summed resource.
+fn getppid_by_executable(lines: &[Value]) -> BTreeMap<String, u64> {
+    let mut by_name = BTreeMap::new();
+    for line in lines {
+        for (attrs, metrics) in resources(line) {
+            if attr(&attrs, "process.pid").is_some() || attr(&attrs, "service.name").is_some() {
+                continue;
+            }
+            let Some(name) = attr(&attrs, "process.executable.name") else {
+                continue;
+            };
+            if let Some(p) = point(
+                &metrics,
+                "hostscope.syscall.duration",
+                &[("syscall.name", "getppid")],
+            ) {
+                by_name.insert(name.to_string(), num(&p["count"]));
+            }
+        }
+    }
+    by_name
+}
+
 /// `--granularity syscalls=executable`: two processes of one executable
 /// are exported as one resource (the executable's name, no pid) whose
 /// counts are exactly the sum of theirs; the sched signal stays per process.
 #[test]
 fn executable_granularity_sums_the_processes_of_an_executable() {
     require_root();
-    let agent = Agent::start(&[
-        "--interval",
-        "1",
-        "--slow-threshold",
-        "off",
-        "--no-tcp",
-        "--granularity",
-        "syscalls=executable",
-    ]);
+    let agent = Agent::start(BY_EXECUTABLE);
     let mix = |getppid| Mix {
         getppid,
         ..Default::default()
@@ -247,22 +273,14 @@ fn executable_granularity_sums_the_processes_of_an_executable() {
     drop(b);
     std::thread::sleep(Duration::from_millis(2500));
     let lines = agent.stop_with(libc::SIGTERM);
-    let mut group = None;
+    let group = getppid_by_executable(&lines)
+        .get("hostscope-workload")
+        .copied();
     let mut per_process_syscalls = 0;
     let mut per_process_sched = 0;
     for line in &lines {
         for (attrs, metrics) in resources(line) {
             let pid = attr(&attrs, "process.pid");
-            if pid.is_none()
-                && attr(&attrs, "process.executable.name") == Some("hostscope-workload")
-                && let Some(p) = point(
-                    &metrics,
-                    "hostscope.syscall.duration",
-                    &[("syscall.name", "getppid")],
-                )
-            {
-                group = Some(num(&p["count"]));
-            }
             if pid.is_some_and(|p| pids.iter().any(|x| x == p)) {
                 per_process_syscalls += metrics
                     .iter()
@@ -294,15 +312,7 @@ fn executable_granularity_sums_the_processes_of_an_executable() {
 #[test]
 fn a_fork_storm_is_named_from_kernel_events() {
     require_root();
-    let agent = Agent::start(&[
-        "--interval",
-        "1",
-        "--slow-threshold",
-        "off",
-        "--no-tcp",
-        "--granularity",
-        "syscalls=executable",
-    ]);
+    let agent = Agent::start(BY_EXECUTABLE);
     let out = Command::new(target_bin("hostscope-workload"))
         .args(["storm", &CHILDREN.to_string()])
         .output()
@@ -310,24 +320,7 @@ fn a_fork_storm_is_named_from_kernel_events() {
     assert!(out.status.success(), "storm: {out:?}");
     std::thread::sleep(Duration::from_millis(2500));
     let lines = agent.stop_with(libc::SIGTERM);
-    let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
-    for line in &lines {
-        for (attrs, metrics) in resources(line) {
-            if attr(&attrs, "process.pid").is_some() || attr(&attrs, "service.name").is_some() {
-                continue;
-            }
-            let Some(name) = attr(&attrs, "process.executable.name") else {
-                continue;
-            };
-            if let Some(p) = point(
-                &metrics,
-                "hostscope.syscall.duration",
-                &[("syscall.name", "getppid")],
-            ) {
-                by_name.insert(name.to_string(), num(&p["count"]));
-            }
-        }
-    }
+    let by_name = getppid_by_executable(&lines);
     assert_eq!(
         by_name.get("hostscope-workload").copied(),
         Some(CHILDREN),

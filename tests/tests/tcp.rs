@@ -351,16 +351,9 @@ fn spans(lines: &[Value], pid: u64) -> Vec<Episode> {
 /// A connection refused by B: the client receives a reset, counted on the
 /// client's process towards B's port, matching B's OutRsts and A's
 /// AttemptFails; B's reset has no socket and no owner, so it is not counted.
-#[test]
-fn refused_connection_reset_is_received_by_the_client() {
-    require_root();
-    let pair = NetPair::new();
-    let target = SocketAddr::new(pair.b_v4(), 5009);
-    let agent = start_agent(&[]);
-    let (rsts, fails) = (
-        pair.snmp(Side::B)["OutRsts"],
-        pair.snmp(Side::A)["AttemptFails"],
-    );
+/// Connects from side A to `target`, where nothing listens; returns the
+/// client's pid once it has seen the refusal and exited.
+fn refused_connect(pair: &NetPair, target: SocketAddr) -> u64 {
     let mut client = pair.spawn(
         Side::A,
         &[
@@ -378,6 +371,20 @@ fn refused_connection_reset_is_received_by_the_client() {
         res["connected"], false,
         "nothing listens on {target}: {res}"
     );
+    pid
+}
+
+#[test]
+fn refused_connection_reset_is_received_by_the_client() {
+    require_root();
+    let pair = NetPair::new();
+    let target = SocketAddr::new(pair.b_v4(), 5009);
+    let agent = start_agent(&[]);
+    let (rsts, fails) = (
+        pair.snmp(Side::B)["OutRsts"],
+        pair.snmp(Side::A)["AttemptFails"],
+    );
+    let pid = refused_connect(&pair, target);
     let sent_by_b = pair.snmp(Side::B)["OutRsts"] - rsts;
     let failed_in_a = pair.snmp(Side::A)["AttemptFails"] - fails;
     assert_eq!(
@@ -549,23 +556,7 @@ fn the_cgroup_filter_applies_to_tcp_events_by_their_owner() {
         let pair = NetPair::new();
         let target = SocketAddr::new(pair.b_v4(), 5010);
         let agent = start_agent(&[flag, &own]);
-        let mut client = pair.spawn(
-            Side::A,
-            &[
-                "tcp-connect",
-                "--connect",
-                &target.to_string(),
-                "--timeout-ms",
-                "3000",
-            ],
-        );
-        let pid = u64::from(client.id());
-        let res = JsonLines::new(&mut client).next(Duration::from_secs(10), "tcp-connect result");
-        wait_success(&mut client, Duration::from_secs(5), "tcp-connect");
-        assert_eq!(
-            res["connected"], false,
-            "nothing listens on {target}: {res}"
-        );
+        let pid = refused_connect(&pair, target);
         std::thread::sleep(Duration::from_millis(1200));
         let lines = agent.stop_with(libc::SIGTERM);
         let resets = series(
