@@ -264,8 +264,12 @@ fn try_exit<const FAST: bool>(ret: i64) -> Result<(), ()> {
     }
     let Some((start_ns, nr)) = take_start::<FAST>(pid_tgid) else {
         // A new task returning from the clone that made it entered nothing.
-        if crate::procs::FRESH_TASKS.remove(pid_tgid).is_err() {
-            count_drop(drop_reason::UNMATCHED_EXIT);
+        // Marked seen rather than deleted: deleting from an LRU map in a
+        // tracing program while another CPU inserts deadlocked Linux 6.1
+        // (soft lockup on both CPUs under qemu); the LRU recycles the entry.
+        match crate::procs::FRESH_TASKS.get_ptr_mut(pid_tgid) {
+            Some(fresh) if unsafe { *fresh } != 0 => unsafe { *fresh = 0 },
+            _ => count_drop(drop_reason::UNMATCHED_EXIT),
         }
         return Ok(());
     };
