@@ -162,19 +162,14 @@ impl ProcessCache {
     /// The executable path in the kernel's record of `pid`, if any.
     fn recorded_path(&self, pid: u32) -> Option<String> {
         let r = self.kernel.as_ref()?.get(&pid, 0).ok()?;
-        let end = r.path.iter().position(|&c| c == 0).unwrap_or(r.path.len());
-        (end > 0).then(|| String::from_utf8_lossy(&r.path[..end]).into_owned())
+        Some(c_str(&r.path)).filter(|p| !p.is_empty())
     }
 
     /// Identity from the kernel's record of `pid` (fork and exec events).
     fn recorded(&self, pid: u32) -> Option<ProcessInfo> {
         let r = self.kernel.as_ref()?.get(&pid, 0).ok()?;
-        let cstr = |b: &[u8]| {
-            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-            String::from_utf8_lossy(&b[..end]).into_owned()
-        };
-        let path = cstr(&r.path);
-        let comm = cstr(&r.comm);
+        let path = c_str(&r.path);
+        let comm = c_str(&r.comm);
         let executable_name = std::path::Path::new(&path)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -281,6 +276,13 @@ impl ProcessCache {
             command_line,
         })
     }
+}
+
+/// A NUL-terminated string the kernel wrote (`comm`, a path), up to its
+/// first NUL or the whole buffer.
+pub fn c_str(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.

@@ -135,10 +135,9 @@ impl Oom {
         guard.clear_ready();
         for ev in got {
             let info = cache.get(ev.tgid).unwrap_or_else(|| {
-                let end = ev.comm.iter().position(|&b| b == 0).unwrap_or(16);
                 Arc::new(ProcessInfo {
                     pid: ev.tgid,
-                    executable_name: String::from_utf8_lossy(&ev.comm[..end]).into_owned(),
+                    executable_name: crate::identity::c_str(&ev.comm),
                     start_ticks: None,
                     creation_time_unix_nano: 0,
                     container: None,

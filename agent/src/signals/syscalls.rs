@@ -301,7 +301,7 @@ impl Syscalls {
             let executable_name = self
                 .comms
                 .get(&pid, 0)
-                .map(|c| comm_str(&c))
+                .map(|c| crate::identity::c_str(&c))
                 .unwrap_or_default();
             Arc::new(ProcessInfo {
                 pid,
@@ -334,7 +334,7 @@ impl Syscalls {
             let mut attributes = vec![
                 syscall_attr(ev.nr),
                 otlp::kv_int("thread.id", ev.tid.into()),
-                otlp::kv_str("thread.name", comm_str(&ev.comm)),
+                otlp::kv_str("thread.name", crate::identity::c_str(&ev.comm)),
                 otlp::kv_int("cpu.logical_number", ev.cpu.into()),
             ];
             if (-4095..0).contains(&ev.ret) {
@@ -514,11 +514,6 @@ fn exemplar_value(e: &Exemplar) -> f64 {
         Some(exemplar::Value::AsInt(v)) => v as f64,
         None => 0.0,
     }
-}
-
-fn comm_str(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {
